@@ -1,0 +1,261 @@
+"""The audit trail: append-only events, each chained to the one before by a keyed hash.
+
+``hash = HMAC-SHA256(key, prev_hash | seq | time | kind | actor | kiosk | custody | pupil |
+restricted | details)`` with a key derived from the site secret, so an event cannot be
+edited, removed or reordered without :meth:`AuditTrail.verify` naming it, and a new chain
+cannot be forged without the secret. ``seq`` is assigned under the lock of the single
+``audit_head`` row, so the chain never forks however many writers there are.
+
+A retention purge removes old events and appends an ``audit.purged`` checkpoint that lists
+each removed run (first seq, last seq, hash of the last removed event); verification steps
+over exactly those runs and nothing else. Checkpoints are never purged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from kiosk.actors import Actor
+from kiosk.clock import Clock
+from kiosk.errors import AuditChainBroken
+from kiosk.models import AuditEvent, AuditHead
+
+log = logging.getLogger(__name__)
+
+GENESIS_HASH = "0" * 64
+PURGE_KIND = "audit.purged"
+_ROW_FIELDS = (
+    "id",
+    "seq",
+    "occurred_at",
+    "kind",
+    "actor",
+    "kiosk",
+    "custody_id",
+    "pupil_id",
+    "restricted",
+    "details",
+    "prev_hash",
+    "hash",
+)
+
+
+def canonical_json(value: Mapping[str, Any] | None) -> str:
+    """The one text form of an event's details (sorted keys, no spaces, UTF-8)."""
+    return json.dumps(
+        value or {}, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str
+    )
+
+
+@dataclass(frozen=True)
+class Gap:
+    """A run of events removed by a retention purge."""
+
+    first_seq: int
+    last_seq: int
+    last_hash: str
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    events: int
+    head_seq: int
+    head_hash: str
+    purged_runs: int
+
+
+class AuditTrail:
+    """Writes and verifies the chain. ``key`` is derived from the site secret."""
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) < 16:
+            raise ValueError("the audit key must be at least 16 bytes")
+        self._key = key
+
+    def event_hash(
+        self,
+        prev_hash: str,
+        seq: int,
+        occurred_at: datetime,
+        kind: str,
+        actor: str,
+        kiosk: str | None,
+        custody_id: int | None,
+        pupil_id: int | None,
+        restricted: bool,
+        details: str,
+    ) -> str:
+        fields = [
+            prev_hash,
+            seq,
+            occurred_at.isoformat(timespec="microseconds"),
+            kind,
+            actor,
+            kiosk,
+            custody_id,
+            pupil_id,
+            bool(restricted),
+            details,
+        ]
+        message = json.dumps(fields, separators=(",", ":"), ensure_ascii=False)
+        return hmac.new(self._key, message.encode("utf-8"), hashlib.sha256).hexdigest()
+
+    def _hash_of(self, event: Any, prev_hash: str) -> str:
+        return self.event_hash(
+            prev_hash,
+            event.seq,
+            event.occurred_at,
+            event.kind,
+            event.actor,
+            event.kiosk,
+            event.custody_id,
+            event.pupil_id,
+            event.restricted,
+            event.details,
+        )
+
+    def record(
+        self,
+        session: Session,
+        clock: Clock,
+        actor: Actor,
+        kind: str,
+        *,
+        kiosk: str | None = None,
+        custody_id: int | None = None,
+        pupil_id: int | None = None,
+        details: Mapping[str, Any] | None = None,
+        restricted: bool = False,
+    ) -> AuditEvent:
+        """Append one event in the caller's transaction (it commits or rolls back with it).
+
+        ``restricted`` marks safeguarding details that only the DSL and admin may read.
+        """
+        head = session.execute(
+            select(AuditHead)
+            .where(AuditHead.id == 1)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        ).scalar_one()
+        now = clock.now()
+        event = AuditEvent(
+            seq=head.seq + 1,
+            occurred_at=now,
+            kind=kind,
+            actor=actor.label,
+            kiosk=kiosk if kiosk is not None else actor.kiosk,
+            custody_id=custody_id,
+            pupil_id=pupil_id,
+            restricted=restricted,
+            details=canonical_json(details),
+            prev_hash=head.hash,
+        )
+        event.hash = self._hash_of(event, head.hash)
+        session.add(event)
+        head.seq, head.hash, head.updated_at = event.seq, event.hash, now
+        session.flush()
+        return event
+
+    # ------------------------------------------------------------------------------------
+
+    def verify(self, session: Session, batch: int = 5000) -> VerifyReport:
+        """Walk the whole chain; raise AuditChainBroken naming the first bad event."""
+        head = session.get(AuditHead, 1)
+        if head is None:
+            raise AuditChainBroken("the audit head row is missing: the chain cannot be checked")
+        gaps = self._gaps(session)
+        gaps_by_first = {gap.first_seq: gap for gap in gaps}
+        prev_seq, prev_hash, count, runs_used = 0, GENESIS_HASH, 0, 0
+
+        for event in self._events(session, batch):
+            expected_prev = prev_hash
+            if event.seq != prev_seq + 1:
+                cursor, covering = prev_seq + 1, None
+                while cursor in gaps_by_first and cursor < event.seq:
+                    covering = gaps_by_first[cursor]
+                    cursor = covering.last_seq + 1
+                    runs_used += 1
+                if covering is None or cursor != event.seq:
+                    raise AuditChainBroken(
+                        f"audit event seq {event.seq} (id {event.id}, {event.kind} at "
+                        f"{event.occurred_at:%Y-%m-%d %H:%M:%S}) follows seq {prev_seq}: "
+                        f"events {prev_seq + 1}..{event.seq - 1} were removed outside a "
+                        "retention purge"
+                    )
+                expected_prev = covering.last_hash
+            if event.prev_hash != expected_prev:
+                raise AuditChainBroken(
+                    f"audit event seq {event.seq} (id {event.id}, {event.kind} at "
+                    f"{event.occurred_at:%Y-%m-%d %H:%M:%S}) does not follow the event before "
+                    "it: an event was removed, reordered or edited"
+                )
+            if not hmac.compare_digest(self._hash_of(event, event.prev_hash), event.hash):
+                raise AuditChainBroken(
+                    f"audit event seq {event.seq} (id {event.id}, {event.kind} at "
+                    f"{event.occurred_at:%Y-%m-%d %H:%M:%S}) was edited: its content does not "
+                    "match its hash"
+                )
+            prev_seq, prev_hash, count = event.seq, event.hash, count + 1
+
+        if (head.seq, head.hash) != (prev_seq, prev_hash):
+            raise AuditChainBroken(
+                f"the audit head names seq {head.seq} but the last event is seq {prev_seq}: "
+                "the most recent events were removed or the head was edited"
+            )
+        return VerifyReport(count, head.seq, head.hash, runs_used)
+
+    def _events(self, session: Session, batch: int) -> Iterable[Any]:
+        """Rows of every event in seq order, fetched in batches (no ORM identity map)."""
+        columns = [getattr(AuditEvent, name) for name in _ROW_FIELDS]
+        last = 0
+        while True:
+            rows = session.execute(
+                select(*columns).where(AuditEvent.seq > last).order_by(AuditEvent.seq).limit(batch)
+            ).all()
+            if not rows:
+                return
+            yield from rows
+            last = rows[-1].seq
+
+    def _gaps(self, session: Session) -> list[Gap]:
+        gaps: list[Gap] = []
+        rows = session.execute(
+            select(AuditEvent.seq, AuditEvent.details).where(AuditEvent.kind == PURGE_KIND)
+        ).all()
+        for seq, details in rows:
+            try:
+                runs = json.loads(details).get("runs", [])
+                for first, last, last_hash in runs:
+                    if not (isinstance(first, int) and isinstance(last, int) and last < seq):
+                        raise ValueError
+                    gaps.append(Gap(first, last, str(last_hash)))
+            except (ValueError, TypeError, AttributeError):
+                raise AuditChainBroken(
+                    f"audit checkpoint seq {seq} ({PURGE_KIND}) is malformed"
+                ) from None
+        return gaps
+
+
+def removed_runs(events: list[tuple[int, str]]) -> list[list[Any]]:
+    """Group removed (seq, hash) pairs, in seq order, into runs [first, last, last_hash].
+
+    Runs are contiguous in the seq order of the remaining chain; a run may border an older
+    purged run, which verification chains through.
+    """
+    runs: list[list[Any]] = []
+    for seq, event_hash in events:
+        if runs and runs[-1][1] == seq - 1:
+            runs[-1][1], runs[-1][2] = seq, event_hash
+        else:
+            runs.append([seq, seq, event_hash])
+    return runs

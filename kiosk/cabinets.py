@@ -1,0 +1,103 @@
+"""Kiosks and their compartments, kept in step with the configuration.
+
+``locker init`` (and the kiosk controller at start) registers this machine's cabinet from
+``[kiosk]``: compartments 1..N, the secure ones as listed. Changing the numbers later adds
+compartments, changes the kind of free ones, and takes out of service those no longer in
+the configuration; a compartment that still holds a device is never changed under it.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from kiosk.actors import Actor
+from kiosk.audit import AuditTrail
+from kiosk.clock import Clock
+from kiosk.config import KioskConfig
+from kiosk.errors import NotFound
+from kiosk.models import ACTIVE_STATES, Compartment, CompartmentKind, CustodyRecord, Kiosk
+
+REMOVED_REASON = "not in the configuration"
+
+
+def get_kiosk(session: Session, name: str) -> Kiosk:
+    kiosk = session.execute(select(Kiosk).where(Kiosk.name == name)).scalar_one_or_none()
+    if kiosk is None:
+        raise NotFound(f"no kiosk {name!r}; run `locker init` on that kiosk first")
+    return kiosk
+
+
+def register(
+    session: Session, actor: Actor, clock: Clock, audit: AuditTrail, config: KioskConfig
+) -> tuple[Kiosk, list[str]]:
+    """Create or update the kiosk named in ``config``; returns it and a list of changes."""
+    now = clock.now()
+    changes: list[str] = []
+    kiosk = session.execute(select(Kiosk).where(Kiosk.name == config.name)).scalar_one_or_none()
+    if kiosk is None:
+        kiosk = Kiosk(name=config.name, label=config.label)
+        session.add(kiosk)
+        session.flush()
+        changes.append(f"kiosk {config.name} registered")
+    elif kiosk.label != config.label:
+        kiosk.label = config.label
+        changes.append(f"kiosk {config.name} renamed {config.label!r}")
+
+    occupied = set(
+        session.execute(
+            select(CustodyRecord.compartment_id).where(
+                CustodyRecord.state.in_(ACTIVE_STATES), CustodyRecord.compartment_id.is_not(None)
+            )
+        ).scalars()
+    )
+    existing = {
+        compartment.number: compartment
+        for compartment in session.execute(
+            select(Compartment).where(Compartment.kiosk_id == kiosk.id)
+        ).scalars()
+    }
+    secure = set(config.secure_compartments)
+    for number in range(1, config.compartments + 1):
+        kind = CompartmentKind.SECURE if number in secure else CompartmentKind.PUPIL
+        compartment = existing.get(number)
+        if compartment is None:
+            session.add(
+                Compartment(
+                    kiosk_id=kiosk.id,
+                    number=number,
+                    kind=kind,
+                    label=str(number),
+                    updated_at=now,
+                )
+            )
+            changes.append(f"compartment {number} added ({kind.value})")
+            continue
+        if compartment.kind is not kind:
+            if compartment.id in occupied:
+                changes.append(
+                    f"compartment {number} stays {compartment.kind.value} until it is emptied"
+                )
+            else:
+                compartment.kind, compartment.updated_at = kind, now
+                changes.append(f"compartment {number} is now {kind.value}")
+        if compartment.out_of_service and compartment.out_of_service_reason == REMOVED_REASON:
+            compartment.out_of_service, compartment.out_of_service_reason = False, None
+            changes.append(f"compartment {number} back in service")
+    for number, compartment in existing.items():
+        if number > config.compartments and not compartment.out_of_service:
+            compartment.out_of_service = True
+            compartment.out_of_service_reason = REMOVED_REASON
+            compartment.updated_at = now
+            changes.append(f"compartment {number} taken out of service (not in the configuration)")
+    if changes:
+        session.flush()
+        audit.record(
+            session,
+            clock,
+            actor,
+            "config.kiosk_registered",
+            kiosk=kiosk.name,
+            details={"changes": changes[:100], "compartments": config.compartments},
+        )
+    return kiosk, changes

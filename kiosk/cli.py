@@ -1,0 +1,677 @@
+"""The ``locker`` command line.
+
+Every command works on the instance directory named by ``--home`` or ``LOCKER_HOME``
+(default ``./instance``). A mistake (a bad file, an unknown card, a weak password) ends with
+a one-line message on stderr and a non-zero exit status, never a traceback; ``--debug``
+shows the traceback of an unexpected failure. Logging is configured here, once, to stderr
+(journald picks it up under systemd).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+from sqlalchemy import select
+
+from kiosk import backup as backup_module
+from kiosk import cabinets, cards, demo, exemptions, migrate, reports, retention, roster, users
+from kiosk import config as config_module
+from kiosk.actors import Actor
+from kiosk.clock import Clock, SystemClock
+from kiosk.errors import ImportRejected, LockerError, NotFound, ValidationError
+from kiosk.export import export_pupil
+from kiosk.instance import Instance, resolve_home
+from kiosk.models import CustodyRecord, CustodyState, Pupil, Role
+
+log = logging.getLogger("kiosk.cli")
+
+EX_USAGE = 2
+EX_SOFTWARE = 70
+PROGRESS_THRESHOLD = 200
+
+
+@dataclass
+class CliState:
+    home: str | None
+    debug: bool
+    clock: Clock = field(default_factory=SystemClock)
+    _instance: Instance | None = None
+
+    def instance(self) -> Instance:
+        if self._instance is None:
+            self._instance = Instance.open(self.home)
+        return self._instance
+
+    @property
+    def actor(self) -> Actor:
+        return Actor.system("cli")
+
+
+pass_state = click.make_pass_decorator(CliState)
+
+
+def configure_logging(verbose: int) -> None:
+    level = logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        force=True,
+    )
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]}, no_args_is_help=True)
+@click.option(
+    "--home",
+    metavar="DIR",
+    help="Instance directory (config.toml, database, secret). Default: $LOCKER_HOME or ./instance.",
+)
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@click.option("--debug", is_flag=True, help="Show tracebacks of unexpected errors.")
+@click.version_option(package_name="school-phone-locker", prog_name="locker")
+@click.pass_context
+def cli(ctx: click.Context, home: str | None, verbose: int, debug: bool) -> None:
+    """The school phone locker: custody ledger, kiosk and office dashboard."""
+    configure_logging(verbose)
+    ctx.obj = CliState(home=home, debug=debug)
+    ctx.call_on_close(lambda: ctx.obj._instance and ctx.obj._instance.close())
+
+
+def _hardware_keys() -> list[tuple[str, Any, str]]:
+    """The documented [hardware] keys, from the hardware layer (no hardware is touched)."""
+    try:
+        from hardware.spec import DOCUMENTED_KEYS
+    except ImportError:
+        return []
+    return list(DOCUMENTED_KEYS)
+
+
+# ------------------------------------------------------------------------------ init
+
+
+@cli.command()
+@click.option("--demo", "with_demo", is_flag=True, help="Seed a demo school (empty instance).")
+@pass_state
+def init(state: CliState, with_demo: bool) -> None:
+    """Create or upgrade the instance: directory, secret, config, database schema."""
+    instance, created = Instance.create(state.home, hardware_keys=_hardware_keys())
+    state._instance = instance
+    for item in created:
+        click.echo(f"created {item}")
+    before, after = migrate.upgrade(instance.database)
+    if before != after:
+        click.echo(f"database {instance.database.safe_url}: schema {before or 'new'} -> {after}")
+    else:
+        click.echo(f"database {instance.database.safe_url}: schema up to date ({after})")
+    with instance.database.transaction() as session:
+        _, changes = cabinets.register(
+            session, state.actor, state.clock, instance.audit, instance.config.kiosk
+        )
+    kiosk = instance.config.kiosk
+    if changes:
+        click.echo(
+            f"kiosk {kiosk.name}: {kiosk.compartments} compartments "
+            f"({len(kiosk.secure_compartments)} secure); {len(changes)} change(s)"
+        )
+    if with_demo:
+        with instance.database.transaction() as session:
+            accounts = demo.seed(
+                session, state.actor, state.clock, instance.audit, instance.card_key
+            )
+        if accounts is None:
+            click.echo("demo: the instance already has pupils; nothing seeded")
+        else:
+            click.echo(f"demo school seeded: {len(demo.FORMS) * demo.PUPILS_PER_FORM} pupils")
+            click.echo("staff accounts (passwords are shown only now):")
+            for account in accounts:
+                click.echo(f"  {account.username:<8} {account.role.value:<6} {account.password}")
+
+
+# ------------------------------------------------------------------------------ config
+
+
+@cli.group("config")
+def config_group() -> None:
+    """Show or check the configuration."""
+
+
+@config_group.command("example")
+def config_example() -> None:
+    """Print a config.toml documenting every key with its default."""
+    click.echo(config_module.example(hardware_keys=_hardware_keys()), nl=False)
+
+
+@config_group.command("check")
+@pass_state
+def config_check(state: CliState) -> None:
+    """Load and validate the configuration (exit 78 naming the bad key)."""
+    instance = state.instance()
+    if instance.config.hardware:
+        from hardware.spec import CabinetSpec
+
+        CabinetSpec.from_mapping(instance.config.hardware)
+    click.echo(f"{instance.home / config_module.CONFIG_FILENAME}: ok")
+
+
+# ------------------------------------------------------------------------------ roster
+
+
+@cli.group("roster")
+def roster_group() -> None:
+    """Pupils from the school's MIS."""
+
+
+@roster_group.command("import")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--partial",
+    is_flag=True,
+    help="Add and update only; do not mark pupils missing from the file as left.",
+)
+@click.option(
+    "--allow-mass-leave",
+    is_flag=True,
+    help="Allow a full import to mark more than a quarter of the school as left.",
+)
+@click.option("--dry-run", is_flag=True, help="Check the file and report; change nothing.")
+@pass_state
+def roster_import(
+    state: CliState, file: Path, partial: bool, allow_mass_leave: bool, dry_run: bool
+) -> None:
+    """Import pupils from a CSV export (all-or-nothing)."""
+    try:
+        data = file.read_bytes()
+    except OSError as exc:
+        raise ValidationError(f"cannot read {file}: {exc.strerror}") from None
+    parsed = roster.parse_roster(data)
+    instance = state.instance()
+    show_bar = sys.stderr.isatty() and len(parsed.rows) >= PROGRESS_THRESHOLD
+    with instance.database.transaction() as session:
+        if show_bar:
+            with click.progressbar(
+                length=len(parsed.rows), label="importing", file=sys.stderr
+            ) as bar:
+                last = 0
+
+                def advance(done: int) -> None:
+                    nonlocal last
+                    bar.update(done - last)
+                    last = done
+
+                summary = roster.import_roster(
+                    session,
+                    state.actor,
+                    state.clock,
+                    instance.audit,
+                    parsed,
+                    full=not partial,
+                    allow_mass_leave=allow_mass_leave,
+                    progress=advance,
+                )
+        else:
+            summary = roster.import_roster(
+                session,
+                state.actor,
+                state.clock,
+                instance.audit,
+                parsed,
+                full=not partial,
+                allow_mass_leave=allow_mass_leave,
+            )
+        if dry_run:
+            session.rollback()
+    prefix = "dry run, nothing changed: " if dry_run else "imported: "
+    click.echo(prefix + summary.describe())
+    if summary.ignored_columns:
+        click.echo(f"ignored columns (not stored): {', '.join(summary.ignored_columns)}")
+
+
+# ------------------------------------------------------------------------------ cards
+
+
+@cli.group("card")
+def card_group() -> None:
+    """RFID cards of pupils and staff."""
+
+
+@card_group.command("enrol")
+@click.argument("holder", metavar="ADMISSION_NO")
+@click.argument("uid")
+@click.option("--staff", is_flag=True, help="HOLDER is a staff user name, not a pupil.")
+@pass_state
+def card_enrol(state: CliState, holder: str, uid: str, staff: bool) -> None:
+    """Give card UID to a pupil (or, with --staff, to a member of staff)."""
+    uid_bytes = cards.normalise_uid(uid)
+    instance = state.instance()
+    with instance.database.transaction() as session:
+        pupil, user = None, None
+        if staff:
+            user = users.find_user(session, holder)
+        else:
+            pupil = _pupil(session, holder)
+        cards.enrol(
+            session,
+            state.actor,
+            state.clock,
+            instance.audit,
+            instance.card_key,
+            uid=uid_bytes,
+            pupil=pupil,
+            user=user,
+        )
+    who = f"staff member {holder}" if staff else f"pupil {holder}"
+    click.echo(f"card {cards.format_uid(uid_bytes)} enrolled to {who}")
+
+
+@card_group.command("revoke")
+@click.argument("uid")
+@pass_state
+def card_revoke(state: CliState, uid: str) -> None:
+    """Revoke card UID (lost, damaged, or moving to someone else)."""
+    uid_bytes = cards.normalise_uid(uid)
+    instance = state.instance()
+    with instance.database.transaction() as session:
+        cards.revoke(
+            session, state.actor, state.clock, instance.audit, instance.card_key, uid=uid_bytes
+        )
+    click.echo(f"card {cards.format_uid(uid_bytes)} revoked")
+
+
+def _pupil(session: Any, admission_number: str) -> Pupil:
+    pupil = session.execute(
+        select(Pupil).where(Pupil.admission_number == admission_number.strip())
+    ).scalar_one_or_none()
+    if pupil is None:
+        raise NotFound(f"no pupil with admission number {admission_number!r}")
+    return pupil
+
+
+# ------------------------------------------------------------------------------ users
+
+
+@cli.group("user")
+def user_group() -> None:
+    """Staff accounts."""
+
+
+@user_group.command("add")
+@click.argument("username")
+@click.option("--role", required=True, metavar="ROLE", help="staff, office, dsl or admin.")
+@click.option("--name", "display_name", help="Display name, e.g. 'Ms K. Lovell'.")
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
+@pass_state
+def user_add(
+    state: CliState, username: str, role: str, display_name: str | None, password_stdin: bool
+) -> None:
+    """Add a member of staff. Without --password-stdin a password is asked for (or, with no
+    terminal, generated and printed once)."""
+    parsed_role = users.parse_role(role)
+    username = users.check_username(username)
+    generated = False
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+        if not password:
+            raise ValidationError("no password on standard input")
+    elif sys.stdin.isatty():
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    else:
+        password, generated = users.generate_password(), True
+    users.check_password(password, username)
+    instance = state.instance()
+    with instance.database.transaction() as session:
+        users.add_user(
+            session,
+            state.actor,
+            state.clock,
+            instance.audit,
+            username=username,
+            role=parsed_role,
+            password=password,
+            display_name=display_name,
+        )
+    click.echo(f"user {username} added ({parsed_role.value})")
+    if generated:
+        click.echo(f"password (shown only now): {password}")
+
+
+@user_group.command("list")
+@pass_state
+def user_list(state: CliState) -> None:
+    """List staff accounts."""
+    from kiosk.models import User
+
+    instance = state.instance()
+    with instance.database.reader() as session:
+        for user in session.execute(select(User).order_by(User.username)).scalars():
+            status = "" if user.active else " (disabled)"
+            click.echo(f"{user.username:<20} {user.role.value:<7} {user.display_name}{status}")
+
+
+@cli.group("token")
+def token_group() -> None:
+    """API tokens for the JSON API."""
+
+
+@token_group.command("create")
+@click.argument("username")
+@click.option("--name", default="", help="What the token is for.")
+@pass_state
+def token_create(state: CliState, username: str, name: str) -> None:
+    """Create an API token for USERNAME; it is printed once."""
+    instance = state.instance()
+    with instance.database.transaction() as session:
+        user = users.find_user(session, username)
+        token = users.create_token(
+            session, state.actor, state.clock, instance.audit, user, name=name
+        )
+    click.echo(token)
+
+
+# ------------------------------------------------------------------------------ audit
+
+
+@cli.group("audit")
+def audit_group() -> None:
+    """The hash-chained audit trail."""
+
+
+@audit_group.command("verify")
+@pass_state
+def audit_verify(state: CliState) -> None:
+    """Check that no audit event was edited, removed or reordered (exit 2 if one was)."""
+    instance = state.instance()
+    with instance.database.reader() as session:
+        report = instance.audit.verify(session)
+    extra = f", {report.purged_runs} purged run(s) checkpointed" if report.purged_runs else ""
+    click.echo(
+        f"audit chain ok: {report.events} events, head seq {report.head_seq} "
+        f"({report.head_hash[:16]}){extra}"
+    )
+
+
+# ------------------------------------------------------------------------------ reports
+
+
+@cli.group("report")
+def report_group() -> None:
+    """Reports for monitoring the policy."""
+
+
+@report_group.command("daily")
+@click.option("--date", "day", metavar="YYYY-MM-DD", help="School day (default today).")
+@click.option("--pupils", is_flag=True, help="One row per pupil instead of per form group.")
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path))
+@pass_state
+def report_daily(state: CliState, day: str | None, pupils: bool, output: Path | None) -> None:
+    """The register as CSV per form group: deposited, exempt, nothing recorded."""
+    instance = state.instance()
+    chosen = _parse_date(day, "--date") if day else instance.policy.school_day(state.clock.now())
+    with instance.database.reader() as session:
+        rows = reports.daily_register(session, instance.policy, chosen)
+    text = reports.register_csv(rows, per_pupil=pupils)
+    if output:
+        output.write_text(text, encoding="utf-8")
+        click.echo(f"register for {chosen} written to {output}")
+    else:
+        click.echo(text, nl=False)
+
+
+def _parse_date(value: str, option: str) -> date:
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise ValidationError(f"{option}: expected a date YYYY-MM-DD, got {value!r}") from None
+
+
+# ------------------------------------------------------------------------------ retention
+
+
+@cli.group("retention")
+def retention_group() -> None:
+    """Keep data no longer than the policy says."""
+
+
+@retention_group.command("purge")
+@click.option("--dry-run", is_flag=True, help="Report what would be deleted; delete nothing.")
+@pass_state
+def retention_purge(state: CliState, dry_run: bool) -> None:
+    """Delete records older than [policy] retention_days (never safeguarding records)."""
+    instance = state.instance()
+    with instance.database.transaction() as session:
+        plan = retention.plan(session, state.clock, instance.policy)
+        counts = plan.counts()
+        if not dry_run:
+            retention.apply(session, state.actor, state.clock, instance.audit, plan)
+    if not dry_run and instance.database.is_sqlite:
+        with instance.database.engine.connect() as connection:
+            connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    summary = ", ".join(f"{count} {name.replace('_', ' ')}" for name, count in counts.items())
+    verb = "would delete" if dry_run else "deleted"
+    click.echo(f"older than {plan.cutoff:%Y-%m-%d}: {verb} {summary}")
+    click.echo(f"kept: {plan.kept_held} record(s) ever under safeguarding hold")
+
+
+# ------------------------------------------------------------------------------ export
+
+
+@cli.group("export")
+def export_group() -> None:
+    """Subject access exports."""
+
+
+@export_group.command("pupil")
+@click.argument("admission_number")
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path))
+@pass_state
+def export_pupil_command(state: CliState, admission_number: str, output: Path | None) -> None:
+    """Everything held about one pupil, as JSON."""
+    instance = state.instance()
+    with instance.database.reader() as session:
+        data = export_pupil(session, admission_number, state.clock.now())
+    text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+    if output:
+        output.touch(mode=0o600)
+        output.write_text(text, encoding="utf-8")
+        click.echo(f"export written to {output} (mode 0600)")
+    else:
+        click.echo(text, nl=False)
+
+
+# ------------------------------------------------------------------------------ backup
+
+
+@cli.command()
+@click.argument("dest", type=click.Path(path_type=Path))
+@click.option(
+    "--include-secret",
+    is_flag=True,
+    help="Also copy the site secret and config (needed to restore onto a new SD card).",
+)
+@pass_state
+def backup(state: CliState, dest: Path, include_secret: bool) -> None:
+    """Copy the database to DEST (a file or a directory), consistent while the kiosk runs."""
+    instance = state.instance()
+    source = instance.sqlite_path
+    if source is None:
+        raise LockerError(
+            "the database is PostgreSQL: back it up with pg_dump (see the README, Operations)"
+        )
+    written = backup_module.backup_sqlite(
+        source,
+        dest,
+        now=state.clock.now(),
+        secret=instance.home / "secret.key" if include_secret else None,
+        config=instance.home / config_module.CONFIG_FILENAME if include_secret else None,
+    )
+    for path in written:
+        click.echo(f"wrote {path}")
+
+
+# ------------------------------------------------------------------------------ exemptions
+
+
+@cli.group("exemption")
+def exemption_group() -> None:
+    """Exemptions approved by an admin (medical, educational visit, young carer, other)."""
+
+
+@exemption_group.command("grant")
+@click.argument("admission_number")
+@click.option("--kind", required=True, help="medical, educational_visit, young_carer or other.")
+@click.option("--from", "starts", required=True, metavar="YYYY-MM-DD")
+@click.option("--to", "ends", metavar="YYYY-MM-DD", help="Last day (omit for open-ended).")
+@click.option("--review", metavar="YYYY-MM-DD", help="Review date (required if open-ended).")
+@click.option("--agreement", required=True, help="Reference of the written agreement.")
+@click.option("--approved-by", required=True, metavar="USERNAME", help="The approving admin.")
+@click.option("--notes", default="")
+@pass_state
+def exemption_grant(
+    state: CliState,
+    admission_number: str,
+    kind: str,
+    starts: str,
+    ends: str | None,
+    review: str | None,
+    agreement: str,
+    approved_by: str,
+    notes: str,
+) -> None:
+    """Record an exemption for a pupil."""
+    parsed_kind = exemptions.parse_kind(kind)
+    start = _parse_date(starts, "--from")
+    end = _parse_date(ends, "--to") if ends else None
+    review_on = _parse_date(review, "--review") if review else None
+    instance = state.instance()
+    with instance.database.transaction() as session:
+        pupil = _pupil(session, admission_number)
+        admin = users.find_user(session, approved_by)
+        exemption = exemptions.grant(
+            session,
+            Actor.for_user(admin),
+            state.clock,
+            instance.audit,
+            pupil=pupil,
+            kind=parsed_kind,
+            starts_on=start,
+            ends_on=end,
+            agreement_reference=agreement,
+            review_on=review_on,
+            notes=notes,
+        )
+        click.echo(f"exemption {exemption.id} recorded for {admission_number}")
+
+
+@exemption_group.command("list")
+@click.option("--date", "day", metavar="YYYY-MM-DD", help="In force on this day (default today).")
+@pass_state
+def exemption_list(state: CliState, day: str | None) -> None:
+    """Exemptions in force on a day."""
+    instance = state.instance()
+    chosen = _parse_date(day, "--date") if day else instance.policy.school_day(state.clock.now())
+    with instance.database.reader() as session:
+        for exemption in exemptions.active_on(session, chosen):
+            until = exemption.ends_on or f"open (review {exemption.review_on})"
+            click.echo(
+                f"{exemption.id:>5} {exemption.pupil.admission_number:<10} "
+                f"{exemption.kind.value:<18} {exemption.starts_on} to {until}  "
+                f"[{exemption.agreement_reference}]"
+            )
+
+
+# ------------------------------------------------------------------------------ custody
+
+
+@cli.group("custody")
+def custody_group() -> None:
+    """Custody records."""
+
+
+@custody_group.command("list")
+@click.option("--state", "states", multiple=True, help="Only these states (repeatable).")
+@pass_state
+def custody_list(state: CliState, states: tuple[str, ...]) -> None:
+    """Active custody records (or those in the given states)."""
+    from kiosk.models import ACTIVE_STATES
+
+    try:
+        wanted = {CustodyState(name.upper()) for name in states} or set(ACTIVE_STATES)
+    except ValueError:
+        names = ", ".join(member.value for member in CustodyState)
+        raise ValidationError(f"unknown state; states are {names}") from None
+    instance = state.instance()
+    with instance.database.reader() as session:
+        records = session.execute(
+            select(CustodyRecord).where(CustodyRecord.state.in_(wanted)).order_by(CustodyRecord.id)
+        ).scalars()
+        for record in records:
+            where = f"compartment {record.compartment.number}" if record.compartment else "office"
+            flag = f" [{record.flag}]" if record.flag else ""
+            click.echo(
+                f"{record.id:>6} {record.state.value:<18} {record.pupil.admission_number:<10} "
+                f"{where:<16} since {instance.policy.local(record.updated_at):%Y-%m-%d %H:%M}"
+                f"{flag}"
+            )
+
+
+@custody_group.command("sweep")
+@pass_state
+def custody_sweep(state: CliState) -> None:
+    """Flag devices still in lockers after the end-of-day cut-off."""
+    instance = state.instance()
+    with instance.database.transaction() as session:
+        flagged = instance.ledger.flag_uncollected(session, state.actor, state.clock)
+    click.echo(f"{flagged} uncollected device(s) flagged")
+
+
+# ------------------------------------------------------------------------------ entry point
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``locker`` console script."""
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    try:
+        result = cli.main(args=argv, prog_name="locker", standalone_mode=False)
+    except ImportRejected as exc:
+        click.echo(f"error: {exc}", err=True)
+        for problem in exc.problems:
+            click.echo(f"  {problem}", err=True)
+        sys.exit(exc.exit_code)
+    except LockerError as exc:
+        _fail(str(exc), exc.exit_code)
+    except click.exceptions.NoArgsIsHelpError as exc:
+        click.echo(exc.format_message(), err=True)  # the help of the group asked about
+        sys.exit(EX_USAGE)
+    except click.UsageError as exc:
+        hint = f" (see: {exc.ctx.command_path} --help)" if exc.ctx else ""
+        _fail(f"{exc.format_message()}{hint}", EX_USAGE)
+    except click.ClickException as exc:
+        _fail(exc.format_message(), exc.exit_code)
+    except click.exceptions.Abort:
+        _fail("aborted", 130)
+    except KeyboardInterrupt:
+        _fail("interrupted", 130)
+    except Exception as exc:
+        if debug:
+            raise
+        log.debug("unexpected error", exc_info=True)
+        _fail(
+            f"unexpected {type(exc).__name__}: {exc}; re-run with --debug for details "
+            f"(home: {resolve_home()})",
+            EX_SOFTWARE,
+        )
+    sys.exit(result if isinstance(result, int) else 0)
+
+
+__all__ = ["Role", "cli", "main"]

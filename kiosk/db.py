@@ -1,0 +1,165 @@
+"""Engine and sessions: one session per unit of work.
+
+SQLite (the default) is opened in WAL mode with foreign keys on, ``synchronous=FULL`` (a
+committed record survives a power cut) and a busy timeout. Write units of work start with
+``BEGIN IMMEDIATE`` so two writers queue up at the start instead of failing half-way (the
+audit chain reads its head and appends in one transaction). PostgreSQL needs none of this:
+the audit head is locked with ``SELECT ... FOR UPDATE`` instead.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import DateTime, Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.types import TypeDecorator
+
+from kiosk.errors import ConfigError, InstanceError
+
+log = logging.getLogger(__name__)
+
+_BEGIN_OPTION = "locker_sqlite_begin"
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timezone-aware UTC datetime on every database.
+
+    SQLite has no timezone type: values are stored as naive UTC text and come back aware.
+    A naive datetime is refused (it would be ambiguous twice a year in Europe/London).
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: the ledger stores aware UTC times")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+def _configure_sqlite(engine: Engine, busy_timeout_ms: int) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let us issue BEGIN ourselves (pysqlite's own transaction handling defers it).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+            cursor.execute("PRAGMA journal_mode = WAL")
+            cursor.execute("PRAGMA synchronous = FULL")
+            cursor.execute("PRAGMA foreign_keys = ON")
+            cursor.execute("PRAGMA secure_delete = ON")  # purged data is overwritten
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        mode = connection.get_execution_options().get(_BEGIN_OPTION, "")
+        connection.exec_driver_sql(f"BEGIN {mode}".strip())
+
+
+class Database:
+    """The connection to the ledger's database, SQLite or PostgreSQL.
+
+    ``transaction()`` is a write unit of work (commits on success, rolls back on any error);
+    ``reader()`` is a read-only view for pages and reports.
+    """
+
+    def __init__(self, url: str, *, busy_timeout_ms: int = 5000, echo: bool = False) -> None:
+        try:
+            parsed = make_url(url)
+        except ArgumentError:
+            raise ConfigError(f"[database] url: not a database URL: {url!r}") from None
+        self.url = url
+        self.dialect = parsed.get_backend_name()
+        kwargs: dict[str, Any] = {"echo": echo, "future": True}
+        if self.dialect == "sqlite":
+            if parsed.database in (None, "", ":memory:"):
+                raise ConfigError(
+                    "[database] url: an in-memory SQLite database would lose every record; "
+                    "give a file path"
+                )
+            kwargs["connect_args"] = {
+                "timeout": busy_timeout_ms / 1000,
+                "check_same_thread": False,
+            }
+        elif self.dialect == "postgresql":
+            kwargs["pool_pre_ping"] = True
+        else:
+            raise ConfigError(
+                f"[database] url: {self.dialect!r} is not supported; use sqlite or postgresql"
+            )
+        try:
+            self.engine = create_engine(parsed, **kwargs)
+        except ModuleNotFoundError as exc:
+            raise ConfigError(
+                f"[database] url: the driver for {self.dialect} is not installed ({exc.name}); "
+                "for PostgreSQL install psycopg: pip install 'psycopg[binary]'"
+            ) from None
+        if self.dialect == "sqlite":
+            _configure_sqlite(self.engine, busy_timeout_ms)
+            write_engine = self.engine.execution_options(**{_BEGIN_OPTION: "IMMEDIATE"})
+        else:
+            write_engine = self.engine
+        self._write = sessionmaker(write_engine, expire_on_commit=False)
+        self._read = sessionmaker(self.engine, expire_on_commit=False)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.dialect == "sqlite"
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        """A write unit of work: everything in it commits together or not at all."""
+        session = self._write()
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+        finally:
+            session.close()
+
+    @contextmanager
+    def reader(self) -> Iterator[Session]:
+        """A read-only session. Closing it rolls the connection back (nothing it did is
+        kept) but leaves the objects it loaded readable, detached, for the caller."""
+        session = self._read()
+        try:
+            yield session
+        finally:
+            session.close()
+
+    def check(self) -> None:
+        """Connect once; raise InstanceError with the reason when the database is unreachable."""
+        try:
+            with self.engine.connect() as connection:
+                connection.exec_driver_sql("SELECT 1")
+        except OperationalError as exc:
+            raise InstanceError(f"cannot open the database {self.safe_url}: {exc.orig}") from None
+
+    @property
+    def safe_url(self) -> str:
+        """The URL with any password hidden, for messages and logs."""
+        return make_url(self.url).render_as_string(hide_password=True)
+
+    def dispose(self) -> None:
+        self.engine.dispose()

@@ -1,0 +1,1 @@
+"""Alembic migrations. ``locker init`` runs them (see :func:`kiosk.migrate.upgrade`)."""

@@ -1,0 +1,297 @@
+"""The database itself enforces the custody invariants: these tests bypass the ledger and
+try to break them with plain SQL on the SQLite file, the way a careless script would."""
+
+from __future__ import annotations
+
+import importlib.util
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from kiosk.custody import allowed_edges, initial_states
+from kiosk.instance import Instance
+from kiosk.migrate import MIGRATIONS
+from kiosk.models import ACTIVE_STATES, CustodyState
+
+from .conftest import make_instance
+
+NOW = "2026-09-07 07:00:00.000000"
+
+
+@pytest.fixture
+def raw(tmp_path: Path) -> Iterator[sqlite3.Connection]:
+    instance: Instance = make_instance(tmp_path / "i")
+    path = instance.sqlite_path
+    instance.close()
+    connection = sqlite3.connect(path, isolation_level=None)
+    connection.execute("PRAGMA foreign_keys = ON")
+    connection.execute(
+        "INSERT INTO pupils (id, admission_number, forename, surname, form, status, created_at,"
+        " updated_at) VALUES (1, 'A1', 'Sam', 'T', '7A', 'active', ?, ?),"
+        " (2, 'A2', 'Alex', 'B', '7A', 'active', ?, ?)",
+        (NOW,) * 4,
+    )
+    yield connection
+    connection.close()
+
+
+def insert(
+    raw: sqlite3.Connection,
+    state: str = "PENDING_DEPOSIT",
+    *,
+    pupil: int = 1,
+    compartment: int | None = 1,
+    kind: str = "daily",
+    **extra: object,
+) -> int:
+    columns = {
+        "pupil_id": pupil,
+        "kind": kind,
+        "state": state,
+        "compartment_id": compartment,
+        "started_at": NOW,
+        "started_by": "sql",
+        "updated_at": NOW,
+        "ever_held": 0,
+        "id_checked": 0,
+        "version": 1,
+        "pending_until": NOW if state == "PENDING_DEPOSIT" else None,
+        **extra,
+    }
+    names = ", ".join(columns)
+    marks = ", ".join("?" for _ in columns)
+    cursor = raw.execute(
+        f"INSERT INTO custody_records ({names}) VALUES ({marks})", tuple(columns.values())
+    )
+    return cursor.lastrowid
+
+
+def set_state(raw: sqlite3.Connection, record: int, state: str, **extra: object) -> None:
+    assignments = ", ".join(f"{name} = ?" for name in ("state", *extra))
+    raw.execute(
+        f"UPDATE custody_records SET {assignments} WHERE id = ?", (state, *extra.values(), record)
+    )
+
+
+def test_a_compartment_holds_at_most_one_active_record(raw):
+    insert(raw, pupil=1, compartment=1)
+    with pytest.raises(sqlite3.IntegrityError, match="UNIQUE"):
+        insert(raw, pupil=2, compartment=1)
+
+
+def test_a_finished_record_does_not_occupy_its_compartment(raw):
+    first = insert(raw, pupil=1, compartment=1)
+    set_state(raw, first, "CANCELLED", ended_at=NOW)
+    insert(raw, pupil=2, compartment=1)  # allowed now
+
+
+def test_a_pupil_has_at_most_one_active_daily_deposit(raw):
+    insert(raw, pupil=1, compartment=1)
+    with pytest.raises(sqlite3.IntegrityError, match="UNIQUE"):
+        insert(raw, pupil=1, compartment=2)
+
+
+def test_a_confiscation_alongside_a_deposit_is_allowed(raw):
+    insert(raw, pupil=1, compartment=1)
+    insert(
+        raw, "CONFISCATED", pupil=1, compartment=21, kind="confiscation", confiscation_reason="x"
+    )
+
+
+@pytest.mark.parametrize("target", ["COLLECTED", "RELEASED_TO_PARENT"])
+def test_a_held_device_never_goes_to_the_pupil_or_a_parent(raw, target):
+    record = insert(raw, "CONFISCATED", kind="confiscation", compartment=21)
+    set_state(raw, record, "SAFEGUARDING_HOLD", hold_reason="concern", ever_held=1)
+    with pytest.raises(sqlite3.IntegrityError, match="custody guard: transition not allowed"):
+        set_state(raw, record, target, ended_at=NOW, collector_name="Jo", id_checked=1)
+
+
+def test_hold_needs_a_reason_and_the_ever_held_mark(raw):
+    record = insert(raw, "CONFISCATED", kind="confiscation", compartment=21)
+    with pytest.raises(sqlite3.IntegrityError, match="hold_recorded"):
+        set_state(raw, record, "SAFEGUARDING_HOLD", hold_reason="concern")
+    with pytest.raises(sqlite3.IntegrityError, match="hold_recorded"):
+        set_state(raw, record, "SAFEGUARDING_HOLD", ever_held=1)
+
+
+def test_ever_held_cannot_be_cleared(raw):
+    record = insert(raw, "CONFISCATED", kind="confiscation", compartment=21)
+    set_state(raw, record, "SAFEGUARDING_HOLD", hold_reason="concern", ever_held=1)
+    set_state(raw, record, "CONFISCATED")
+    with pytest.raises(sqlite3.IntegrityError, match="never change back"):
+        raw.execute("UPDATE custody_records SET ever_held = 0 WHERE id = ?", (record,))
+
+
+@pytest.mark.parametrize(
+    "terminal", sorted(set(CustodyState) - set(ACTIVE_STATES), key=lambda state: state.value)
+)
+def test_terminal_states_are_final(raw, terminal):
+    record = _record_in(raw, terminal)
+    for target in CustodyState:
+        if target is not terminal:
+            ended = None if target in ACTIVE_STATES else NOW
+            with pytest.raises(sqlite3.IntegrityError, match="custody guard"):
+                set_state(raw, record, target.value, ended_at=ended)
+
+
+def test_every_edge_outside_the_table_is_refused_and_every_edge_in_it_allowed(raw):
+    """All 81 (from, to) pairs, against the database alone."""
+    edges = allowed_edges()
+    for source in CustodyState:
+        for target in CustodyState:
+            if source is target:
+                continue
+            raw.execute("SAVEPOINT edge")
+            try:
+                record = _record_in(raw, source)
+                fields = {
+                    "ended_at": None if target in ACTIVE_STATES else NOW,
+                    "collector_name": "Jo",
+                    "id_checked": 1,
+                    "police_reference": "P1",
+                    "hold_reason": "x",
+                    "ever_held": 1,
+                    "pending_until": NOW,
+                }
+                if (source, target) in edges:
+                    set_state(raw, record, target.value, **fields)
+                else:
+                    with pytest.raises(sqlite3.IntegrityError):
+                        set_state(raw, record, target.value, **fields)
+            finally:
+                raw.execute("ROLLBACK TO edge")
+                raw.execute("RELEASE edge")
+
+
+def _record_in(raw: sqlite3.Connection, state: CustodyState) -> int:
+    """A record brought to ``state`` along allowed edges only."""
+    path = {
+        CustodyState.PENDING_DEPOSIT: [],
+        CustodyState.IN_LOCKER: ["IN_LOCKER"],
+        CustodyState.CANCELLED: ["CANCELLED"],
+        CustodyState.COLLECTED: ["IN_LOCKER", "COLLECTED"],
+        CustodyState.CONFISCATED: ["IN_LOCKER", "CONFISCATED"],
+        CustodyState.RELEASED_TO_PARENT: ["IN_LOCKER", "CONFISCATED", "RELEASED_TO_PARENT"],
+        CustodyState.SAFEGUARDING_HOLD: ["IN_LOCKER", "SAFEGUARDING_HOLD"],
+        CustodyState.HANDED_TO_POLICE: ["IN_LOCKER", "SAFEGUARDING_HOLD", "HANDED_TO_POLICE"],
+        CustodyState.RETURNED_TO_PUPIL: ["IN_LOCKER", "RETURNED_TO_PUPIL"],
+    }[state]
+    raw.execute("DELETE FROM custody_records WHERE state IN ('CANCELLED', 'COLLECTED')")
+    record = insert(raw, "PENDING_DEPOSIT")
+    for step in path:
+        terminal = step not in {s.value for s in ACTIVE_STATES}
+        set_state(
+            raw,
+            record,
+            step,
+            ended_at=NOW if terminal else None,
+            collector_name="Jo",
+            id_checked=1,
+            police_reference="P1",
+            hold_reason="x",
+            ever_held=1,
+        )
+    return record
+
+
+def test_new_records_start_only_as_pending_or_confiscated(raw):
+    with pytest.raises(sqlite3.IntegrityError, match="must start as"):
+        insert(raw, "IN_LOCKER")
+    with pytest.raises(sqlite3.IntegrityError):
+        insert(raw, "COLLECTED", ended_at=NOW)
+
+
+def test_active_and_once_held_records_are_never_deleted(raw):
+    active = insert(raw, "PENDING_DEPOSIT")
+    with pytest.raises(sqlite3.IntegrityError, match="never deleted"):
+        raw.execute("DELETE FROM custody_records WHERE id = ?", (active,))
+    held = insert(raw, "CONFISCATED", kind="confiscation", compartment=21)
+    set_state(raw, held, "SAFEGUARDING_HOLD", hold_reason="x", ever_held=1)
+    set_state(raw, held, "HANDED_TO_POLICE", police_reference="P", ended_at=NOW)
+    with pytest.raises(sqlite3.IntegrityError, match="never deleted"):
+        raw.execute("DELETE FROM custody_records WHERE id = ?", (held,))
+
+
+def test_the_pupil_of_a_record_never_changes(raw):
+    record = insert(raw, "PENDING_DEPOSIT")
+    with pytest.raises(sqlite3.IntegrityError, match="never change back"):
+        raw.execute("UPDATE custody_records SET pupil_id = 2 WHERE id = ?", (record,))
+
+
+def test_release_requires_collector_and_id_check(raw):
+    record = insert(raw, "CONFISCATED", kind="confiscation", compartment=21)
+    with pytest.raises(sqlite3.IntegrityError, match="release_recorded"):
+        set_state(raw, record, "RELEASED_TO_PARENT", ended_at=NOW, collector_name="Jo")
+
+
+def test_police_handover_requires_a_reference(raw):
+    record = insert(raw, "CONFISCATED", kind="confiscation", compartment=21)
+    set_state(raw, record, "SAFEGUARDING_HOLD", hold_reason="x", ever_held=1)
+    with pytest.raises(sqlite3.IntegrityError, match="police_reference"):
+        set_state(raw, record, "HANDED_TO_POLICE", ended_at=NOW)
+
+
+def test_terminal_iff_ended(raw):
+    record = insert(raw, "PENDING_DEPOSIT")
+    with pytest.raises(sqlite3.IntegrityError, match="ended_iff_terminal"):
+        set_state(raw, record, "CANCELLED")  # no ended_at
+    with pytest.raises(sqlite3.IntegrityError, match="ended_iff_terminal"):
+        set_state(raw, record, "IN_LOCKER", ended_at=NOW)
+
+
+def test_confiscation_records_never_take_daily_states(raw):
+    with pytest.raises(sqlite3.IntegrityError, match="confiscation_states"):
+        insert(raw, "PENDING_DEPOSIT", kind="confiscation")
+
+
+def test_unknown_states_are_refused(raw):
+    record = insert(raw, "PENDING_DEPOSIT")
+    with pytest.raises(sqlite3.IntegrityError):
+        set_state(raw, record, "LOST")
+
+
+def test_an_active_card_uid_belongs_to_one_person(raw):
+    raw.execute(
+        "INSERT INTO cards (uid_hash, pupil_id, enrolled_at, enrolled_by) "
+        "VALUES ('h1', 1, ?, 'sql')",
+        (NOW,),
+    )
+    with pytest.raises(sqlite3.IntegrityError, match="UNIQUE"):
+        raw.execute(
+            "INSERT INTO cards (uid_hash, pupil_id, enrolled_at, enrolled_by) "
+            "VALUES ('h1', 2, ?, 'sql')",
+            (NOW,),
+        )
+    raw.execute("UPDATE cards SET revoked_at = ? WHERE uid_hash = 'h1'", (NOW,))
+    raw.execute(
+        "INSERT INTO cards (uid_hash, pupil_id, enrolled_at, enrolled_by) "
+        "VALUES ('h1', 2, ?, 'sql')",
+        (NOW,),
+    )
+
+
+def test_a_card_has_exactly_one_holder(raw):
+    with pytest.raises(sqlite3.IntegrityError, match="one_holder"):
+        raw.execute(
+            "INSERT INTO cards (uid_hash, enrolled_at, enrolled_by) VALUES ('h2', ?, 'sql')", (NOW,)
+        )
+
+
+def _migration():
+    path = next((MIGRATIONS / "versions").glob("0001_*.py"))
+    spec = importlib.util.spec_from_file_location("migration_0001", path)
+    module = importlib.util.module_from_spec(spec)
+    assert spec.loader is not None
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_migrations_guard_matches_the_transition_table():
+    migration = _migration()
+    assert {
+        (CustodyState(a), CustodyState(b)) for a, b in migration.ALLOWED_TRANSITIONS
+    } == allowed_edges()
+    assert {CustodyState(s) for s in migration.INITIAL_STATES} == initial_states()
+    assert {CustodyState(s) for s in migration.ACTIVE_STATES} == set(ACTIVE_STATES)
