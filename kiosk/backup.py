@@ -56,7 +56,7 @@ def backup_sqlite(
     partial.unlink(missing_ok=True)
     written: list[Path] = []
     try:
-        src = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
+        src = sqlite3.connect(source.resolve().as_uri() + "?mode=ro", uri=True)
         dst = sqlite3.connect(partial)
         try:
             with dst:

@@ -1,9 +1,10 @@
 """RFID cards: UIDs normalised, stored only as an HMAC with the site secret.
 
 A UID is 4, 7 or 10 bytes (ISO 14443-3 single, double, triple size). People type them in
-many ways (``de:ad:be:ef``, ``DE-AD-BE-EF``, ``0xDEADBEEF``); they all normalise to the same
-bytes. A 5-byte value whose last byte is the BCC check byte of the first four (what the
-``mfrc522`` library's ``read_id()`` returns) is accepted and the BCC dropped.
+many ways (``de:ad:be:ef``, ``DE-AD-BE-EF``, ``0xDEADBEEF``, ``0xde, 0xad, 0xbe, 0xef``);
+they all normalise to the same bytes. A 5-byte value whose last byte is the BCC check byte
+of the first four (what the ``mfrc522`` library's ``read_id()`` returns) is accepted and the
+BCC dropped.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from kiosk.actors import Actor
 from kiosk.audit import AuditTrail
 from kiosk.clock import Clock
 from kiosk.errors import ConflictError, NotFound, ValidationError
-from kiosk.models import Card, Pupil, User
+from kiosk.models import Card, Pupil, PupilStatus, User
 
 UID_LENGTHS = (4, 7, 10)
 _SEPARATORS = re.compile(r"[\s:,;\-._]+")
@@ -110,12 +111,19 @@ def enrol(
     pupil: Pupil | None = None,
     user: User | None = None,
 ) -> Card:
-    """Give the card ``uid`` to a pupil or a member of staff (exactly one of them).
+    """Give the card ``uid`` to a pupil on roll or an active member of staff (exactly one).
 
     ConflictError when the UID already belongs to someone (revoke it first).
     """
     if (pupil is None) == (user is None):
         raise ValidationError("a card belongs to exactly one pupil or one member of staff")
+    if pupil is not None and pupil.status is not PupilStatus.ACTIVE:
+        raise ValidationError(
+            f"pupil {pupil.admission_number} is no longer on roll (marked as left by a roster "
+            "import); import a roster that includes them first"
+        )
+    if user is not None and not user.active:
+        raise ValidationError(f"staff member {user.username} is disabled")
     existing = find_active(session, key, uid)
     if existing is not None:
         raise ConflictError(

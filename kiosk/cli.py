@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn
 
 import click
 from sqlalchemy import select
@@ -25,10 +25,11 @@ from kiosk import cabinets, cards, demo, exemptions, migrate, reports, retention
 from kiosk import config as config_module
 from kiosk.actors import Actor
 from kiosk.clock import Clock, SystemClock
-from kiosk.errors import ImportRejected, LockerError, NotFound, ValidationError
+from kiosk.errors import ImportRejected, LockerError, ValidationError
 from kiosk.export import export_pupil
 from kiosk.instance import Instance, resolve_home
-from kiosk.models import CustodyRecord, CustodyState, Pupil, Role
+from kiosk.models import CustodyRecord, CustodyState, Role
+from kiosk.pupils import find_by_admission
 
 log = logging.getLogger("kiosk.cli")
 
@@ -45,8 +46,11 @@ class CliState:
     _instance: Instance | None = None
 
     def instance(self) -> Instance:
+        """The opened instance, its schema checked (``locker init`` upgrades it)."""
         if self._instance is None:
-            self._instance = Instance.open(self.home)
+            instance = Instance.open(self.home)
+            migrate.ensure_current(instance.database)
+            self._instance = instance
         return self._instance
 
     @property
@@ -84,13 +88,12 @@ def cli(ctx: click.Context, home: str | None, verbose: int, debug: bool) -> None
     ctx.call_on_close(lambda: ctx.obj._instance and ctx.obj._instance.close())
 
 
-def _hardware_keys() -> list[tuple[str, Any, str]]:
-    """The documented [hardware] keys, from the hardware layer (no hardware is touched)."""
-    try:
-        from hardware.spec import DOCUMENTED_KEYS
-    except ImportError:
-        return []
-    return list(DOCUMENTED_KEYS)
+def _hardware_keys() -> list[tuple[str, str, str]]:
+    """The documented [hardware] keys (name, default as TOML text, doc); no hardware is
+    touched."""
+    from hardware.spec import DOCUMENTED_KEYS
+
+    return [(key.name, key.default, key.doc) for key in DOCUMENTED_KEYS]
 
 
 # ------------------------------------------------------------------------------ init
@@ -152,12 +155,14 @@ def config_example() -> None:
 @pass_state
 def config_check(state: CliState) -> None:
     """Load and validate the configuration (exit 78 naming the bad key)."""
-    instance = state.instance()
-    if instance.config.hardware:
-        from hardware.spec import CabinetSpec
+    from kiosk.daemon import cabinet_spec
 
-        CabinetSpec.from_mapping(instance.config.hardware)
-    click.echo(f"{instance.home / config_module.CONFIG_FILENAME}: ok")
+    instance = state.instance()
+    spec = cabinet_spec(instance.config)
+    click.echo(
+        f"{instance.home / config_module.CONFIG_FILENAME}: ok "
+        f"({len(spec.compartments)} compartments, {spec.backend} hardware)"
+    )
 
 
 # ------------------------------------------------------------------------------ roster
@@ -255,7 +260,7 @@ def card_enrol(state: CliState, holder: str, uid: str, staff: bool) -> None:
         if staff:
             user = users.find_user(session, holder)
         else:
-            pupil = _pupil(session, holder)
+            pupil = find_by_admission(session, holder)
         cards.enrol(
             session,
             state.actor,
@@ -282,15 +287,6 @@ def card_revoke(state: CliState, uid: str) -> None:
             session, state.actor, state.clock, instance.audit, instance.card_key, uid=uid_bytes
         )
     click.echo(f"card {cards.format_uid(uid_bytes)} revoked")
-
-
-def _pupil(session: Any, admission_number: str) -> Pupil:
-    pupil = session.execute(
-        select(Pupil).where(Pupil.admission_number == admission_number.strip())
-    ).scalar_one_or_none()
-    if pupil is None:
-        raise NotFound(f"no pupil with admission number {admission_number!r}")
-    return pupil
 
 
 # ------------------------------------------------------------------------------ users
@@ -322,7 +318,7 @@ def user_add(
     elif sys.stdin.isatty():
         password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
     else:
-        password, generated = users.generate_password(), True
+        password, generated = users.generate_password(username), True
     users.check_password(password, username)
     instance = state.instance()
     with instance.database.transaction() as session:
@@ -412,7 +408,11 @@ def report_group() -> None:
 def report_daily(state: CliState, day: str | None, pupils: bool, output: Path | None) -> None:
     """The register as CSV per form group: deposited, exempt, nothing recorded."""
     instance = state.instance()
-    chosen = _parse_date(day, "--date") if day else instance.policy.school_day(state.clock.now())
+    chosen = (
+        _parse_date(day, "--date")
+        if day is not None
+        else instance.policy.school_day(state.clock.now())
+    )
     with instance.database.reader() as session:
         rows = reports.daily_register(session, instance.policy, chosen)
     text = reports.register_csv(rows, per_pupil=pupils)
@@ -421,6 +421,13 @@ def report_daily(state: CliState, day: str | None, pupils: bool, output: Path | 
         click.echo(f"register for {chosen} written to {output}")
     else:
         click.echo(text, nl=False)
+
+
+def _day_or_today(day: str | None, instance: Instance, clock: Clock) -> date:
+    """The --date given (even an empty one, which is an error), else the school's today."""
+    if day is None:
+        return instance.policy.school_day(clock.now())
+    return _parse_date(day, "--date")
 
 
 def _parse_date(value: str, option: str) -> date:
@@ -478,6 +485,7 @@ def export_pupil_command(state: CliState, admission_number: str, output: Path | 
     text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
     if output:
         output.touch(mode=0o600)
+        output.chmod(0o600)  # also when the file was already there
         output.write_text(text, encoding="utf-8")
         click.echo(f"export written to {output} (mode 0600)")
     else:
@@ -550,7 +558,7 @@ def exemption_grant(
     review_on = _parse_date(review, "--review") if review else None
     instance = state.instance()
     with instance.database.transaction() as session:
-        pupil = _pupil(session, admission_number)
+        pupil = find_by_admission(session, admission_number)
         admin = users.find_user(session, approved_by)
         exemption = exemptions.grant(
             session,
@@ -574,7 +582,11 @@ def exemption_grant(
 def exemption_list(state: CliState, day: str | None) -> None:
     """Exemptions in force on a day."""
     instance = state.instance()
-    chosen = _parse_date(day, "--date") if day else instance.policy.school_day(state.clock.now())
+    chosen = (
+        _parse_date(day, "--date")
+        if day is not None
+        else instance.policy.school_day(state.clock.now())
+    )
     with instance.database.reader() as session:
         for exemption in exemptions.active_on(session, chosen):
             until = exemption.ends_on or f"open (review {exemption.review_on})"
@@ -630,12 +642,41 @@ def custody_sweep(state: CliState) -> None:
     click.echo(f"{flagged} uncollected device(s) flagged")
 
 
+# ------------------------------------------------------------------------------ kiosk
+
+
+@cli.command("kiosk")
+@click.option("--sim", is_flag=True, help="Simulated hardware (no Pi needed).")
+@click.option(
+    "--sim-auto-open/--no-sim-auto-open",
+    default=True,
+    help="With --sim: a simulated pupil pulls each door open as soon as it unlocks.",
+)
+@pass_state
+def kiosk_command(state: CliState, sim: bool, sim_auto_open: bool) -> None:
+    """Run the kiosk controller: the only process that drives the cabinet."""
+    from kiosk.daemon import run_kiosk
+
+    run_kiosk(state.instance(), simulate=sim, auto_open=sim_auto_open)
+
+
 # ------------------------------------------------------------------------------ entry point
 
 
 def _fail(message: str, code: int) -> NoReturn:
     click.echo(f"error: {message}", err=True)
     sys.exit(code)
+
+
+def _home_argument(argv: list[str] | None) -> str | None:
+    """The --home given on the command line, for messages about an unexpected failure."""
+    args = sys.argv[1:] if argv is None else argv
+    for index, arg in enumerate(args):
+        if arg == "--home" and index + 1 < len(args):
+            return args[index + 1]
+        if arg.startswith("--home="):
+            return arg.split("=", 1)[1]
+    return None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -666,9 +707,11 @@ def main(argv: list[str] | None = None) -> None:
         if debug:
             raise
         log.debug("unexpected error", exc_info=True)
+        cause = getattr(exc, "orig", None) or exc
+        first_line = (str(cause).strip().splitlines() or [""])[0]
         _fail(
-            f"unexpected {type(exc).__name__}: {exc}; re-run with --debug for details "
-            f"(home: {resolve_home()})",
+            f"unexpected {type(cause).__name__}: {first_line}; re-run with --debug for "
+            f"details (home: {resolve_home(_home_argument(argv))})",
             EX_SOFTWARE,
         )
     sys.exit(result if isinstance(result, int) else 0)

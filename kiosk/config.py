@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from sqlalchemy.engine import URL
+
 from kiosk.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -475,7 +477,8 @@ class Config:
             return self.database.url
         if self.home is None:
             raise ConfigError("[database] url is empty and there is no instance directory")
-        return f"sqlite:///{(self.home / 'locker.db').resolve()}"
+        path = str((self.home / "locker.db").resolve())
+        return URL.create("sqlite", database=path).render_as_string()  # escapes ? # %
 
 
 _SECTION_TYPES = {
@@ -609,7 +612,7 @@ def _toml_value(value: Any) -> str:
 
 def example(
     values: Mapping[str, Mapping[str, Any]] | None = None,
-    hardware_keys: list[tuple[str, Any, str]] | None = None,
+    hardware_keys: list[tuple[str, str, str]] | None = None,
 ) -> str:
     """A commented config.toml documenting every key with its default.
 
@@ -627,12 +630,12 @@ def example(
             keys = hardware_keys or []
             if not keys:
                 lines.append("# See the hardware documentation in the README.")
-            for name, default, doc in keys:
+            for name, default, doc in keys:  # defaults come as TOML text
                 lines.append(f"# {doc}")
                 if name in values.get(section, {}):
                     lines.append(f"{name} = {_toml_value(values[section][name])}")
                 else:
-                    lines.append(f"# {name} = {_toml_value(default)}")
+                    lines.append(f"# {name} = {default}")
             continue
         for name, key in _KEYS_BY_SECTION[section].items():
             lines.append(f"# {key.doc}")

@@ -15,8 +15,8 @@ from sqlalchemy import inspect, or_, select
 from sqlalchemy.orm import Session
 
 from kiosk.cards import uid_reference
-from kiosk.errors import NotFound
-from kiosk.models import AuditEvent, Card, CustodyRecord, Exemption, Pupil
+from kiosk.models import AuditEvent, Card, CustodyRecord, Exemption
+from kiosk.pupils import find_by_admission
 
 NOTICE = (
     "Subject access export. Card UIDs are not stored in clear (uid_ref is a one-way "
@@ -40,11 +40,7 @@ def _row(obj: Any, skip: tuple[str, ...] = ()) -> dict[str, Any]:
 
 
 def export_pupil(session: Session, admission_number: str, now: datetime) -> dict[str, Any]:
-    pupil = session.execute(
-        select(Pupil).where(Pupil.admission_number == admission_number.strip())
-    ).scalar_one_or_none()
-    if pupil is None:
-        raise NotFound(f"no pupil with admission number {admission_number!r}")
+    pupil = find_by_admission(session, admission_number)
     records = (
         session.execute(
             select(CustodyRecord)

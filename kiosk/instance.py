@@ -100,7 +100,7 @@ class Instance:
         home: str | os.PathLike[str] | None = None,
         *,
         env: Mapping[str, str] | None = None,
-        hardware_keys: list[tuple[str, Any, str]] | None = None,
+        hardware_keys: list[tuple[str, str, str]] | None = None,
     ) -> tuple[Instance, list[str]]:
         """Create what is missing of the instance directory (never overwrites anything).
 

@@ -12,6 +12,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
 from kiosk.db import Database
+from kiosk.errors import InstanceError
 
 log = logging.getLogger(__name__)
 
@@ -46,3 +47,15 @@ def upgrade(database: Database, revision: str = "head") -> tuple[str | None, str
     if before != after:
         log.info("database schema upgraded from %s to %s", before or "nothing", after)
     return before, after
+
+
+def ensure_current(database: Database) -> None:
+    """InstanceError (saying to run ``locker init``) unless the schema is at the head."""
+    current, head = current_revision(database), head_revision()
+    if current is None:
+        raise InstanceError(f"the database {database.safe_url} has no tables: run `locker init`")
+    if current != head:
+        raise InstanceError(
+            f"the database is at schema {current} but this version needs {head}: "
+            "run `locker init` to upgrade it"
+        )

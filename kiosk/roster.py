@@ -204,7 +204,7 @@ def normalise_year(value: str) -> str:
         return str(int(match[1]))
     if value.lower() in {"r", "rec", "reception"}:
         return "R"
-    if value.isascii() and value.isdigit():
+    if value.isdecimal():  # not isdigit(): "²" is a digit but not a number int() reads
         return str(int(value))
     return value
 
@@ -285,11 +285,17 @@ def parse_roster(data: bytes) -> ParsedRoster:
         raise ImportRejected("the roster is not a text file", nul_lines[:MAX_PROBLEMS_SHOWN])
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     problems: list[str] = []
+    header: list[str] | None = []
+    header_line = 1
     try:
-        header = next(reader, None)
+        while header is not None and not any(cell.strip() for cell in header):
+            header_line = reader.line_num + 1  # blank lines before the header are skipped
+            header = next(reader, None)
     except csv.Error as exc:
-        raise ImportRejected("the roster's header row is malformed", [f"line 1: {exc}"]) from None
-    if header is None or not any(cell.strip() for cell in header):
+        raise ImportRejected(
+            "the roster's header row is malformed", [f"line {header_line}: {exc}"]
+        ) from None
+    if header is None:
         raise ImportRejected("the roster is empty", ["line 1: no header row"])
 
     columns: dict[str, int] = {}
@@ -302,15 +308,17 @@ def parse_roster(data: bytes) -> ParsedRoster:
             continue
         if name in columns:
             problems.append(
-                f"line 1: columns {header[columns[name]].strip()!r} and {cell.strip()!r} both "
-                f"give the {LABELS[name]}"
+                f"line {header_line}: columns {header[columns[name]].strip()!r} and "
+                f"{cell.strip()!r} both give the {LABELS[name]}"
             )
             continue
         columns[name] = index
     for name in REQUIRED:
         if name not in columns:
             examples = ", ".join(repr(alias) for alias in ALIASES[name][:4])
-            problems.append(f"line 1: no column for the {LABELS[name]} (e.g. {examples})")
+            problems.append(
+                f"line {header_line}: no column for the {LABELS[name]} (e.g. {examples})"
+            )
     if problems:
         raise ImportRejected("the roster's header row is not usable", problems)
 
@@ -355,7 +363,9 @@ def parse_roster(data: bytes) -> ParsedRoster:
             shown,
         )
     if not rows:
-        raise ImportRejected("the roster has no pupils", ["line 2: no pupil rows after the header"])
+        raise ImportRejected(
+            "the roster has no pupils", [f"line {header_line + 1}: no pupil rows after the header"]
+        )
     return ParsedRoster(rows, ignored, hashlib.sha256(data).hexdigest())
 
 
@@ -469,7 +479,7 @@ def import_roster(
             session.add(pupil)
             summary.added += 1
         else:
-            changed = _update(pupil, row, now)
+            changed = _update(session, pupil, row, now)
             if pupil.status is PupilStatus.LEFT:
                 pupil.status, pupil.left_at, pupil.updated_at = PupilStatus.ACTIVE, None, now
                 summary.rejoined += 1
@@ -504,7 +514,7 @@ def import_roster(
     return summary
 
 
-def _update(pupil: Pupil, row: RosterRow, now: object) -> bool:
+def _update(session: Session, pupil: Pupil, row: RosterRow, now: object) -> bool:
     changed = False
     for attribute, value in (
         ("admission_number", row.admission_number),
@@ -517,18 +527,44 @@ def _update(pupil: Pupil, row: RosterRow, now: object) -> bool:
         if getattr(pupil, attribute) != value:
             setattr(pupil, attribute, value)
             changed = True
-    current = [(contact.name, contact.relation) for contact in pupil.contacts]
-    if current != list(row.contacts):
-        by_position = {contact.position: contact for contact in pupil.contacts}
-        for position, (name, relation) in enumerate(row.contacts, start=1):
-            contact = by_position.pop(position, None)
-            if contact is None:
-                pupil.contacts.append(Contact(position=position, name=name, relation=relation))
-            else:
-                contact.name, contact.relation = name, relation
-        for contact in by_position.values():
-            pupil.contacts.remove(contact)
+    if _sync_contacts(session, pupil, list(row.contacts)):
         changed = True
     if changed:
         pupil.updated_at = now  # type: ignore[assignment]
     return changed
+
+
+def _sync_contacts(session: Session, pupil: Pupil, wanted: list[tuple[str, str]]) -> bool:
+    """Make the pupil's contacts ``wanted`` (in priority order).
+
+    A contact row is a person: one who stays in the file keeps their row (and id) even when
+    their position or relationship changes, and one who is no longer listed is deleted, never
+    renamed into somebody else (a custody record may name the contact a device was released
+    to).
+    """
+    if [(contact.name, contact.relation) for contact in pupil.contacts] == wanted:
+        return False
+    available = list(pupil.contacts)
+    kept: list[tuple[int, Contact, str]] = []
+    new: list[tuple[int, str, str]] = []
+    for position, (name, relation) in enumerate(wanted, start=1):
+        match = next((contact for contact in available if contact.name == name), None)
+        if match is None:
+            new.append((position, name, relation))
+        else:
+            available.remove(match)
+            kept.append((position, match, relation))
+    for contact in available:
+        pupil.contacts.remove(contact)
+    if any(contact.position != position for position, contact, _ in kept):
+        # Step the kept contacts out of the way first: positions are unique per pupil.
+        offset = max([contact.position for contact in pupil.contacts] + [len(wanted)]) + 1
+        for contact in pupil.contacts:
+            contact.position += offset
+    session.flush()
+    for position, contact, relation in kept:
+        contact.position, contact.relation = position, relation
+    for position, name, relation in new:
+        pupil.contacts.append(Contact(position=position, name=name, relation=relation))
+    pupil.contacts.sort(key=lambda contact: contact.position)
+    return True

@@ -2,8 +2,9 @@
 
 There are no default passwords: every account gets its password from the person who creates
 it (``--password-stdin``) or a generated one printed once. Weak passwords are refused: fewer
-than 12 characters, fewer than 6 different characters, a well-known password, or one that
-contains the user name. API tokens are random, shown once, and stored as SHA-256.
+than 12 characters, fewer than 6 different characters, a well-known password (also in
+look-alike spelling such as ``P@ssw0rd``, or repeated), or one that contains the user name.
+API tokens are random, shown once, and stored as SHA-256.
 """
 
 from __future__ import annotations
@@ -273,6 +274,26 @@ def create_token(
         details={"user": user.username, "token": row.id, "name": name},
     )
     return token
+
+
+def revoke_token(
+    session: Session, actor: Actor, clock: Clock, audit: AuditTrail, token_id: int
+) -> ApiToken:
+    """Revoke the API token ``token_id`` (by its id: the token itself is never stored)."""
+    row = session.get(ApiToken, token_id)
+    if row is None:
+        raise NotFound(f"no API token {token_id}")
+    if row.revoked_at is None:
+        row.revoked_at = clock.now()
+        session.flush()
+        audit.record(
+            session,
+            clock,
+            actor,
+            "token.revoked",
+            details={"user": row.user.username, "token": row.id},
+        )
+    return row
 
 
 def user_for_token(session: Session, token: str, now: datetime) -> User | None:

@@ -1,0 +1,867 @@
+"""The `locker` command line (kiosk.cli.main), in-process and as the installed console script.
+
+Every command of DESIGN.md's public surface: the happy path, and that a user's mistake gives
+one line on stderr starting with "error:", a non-zero exit status and no traceback.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+import sqlite3
+import stat
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, time, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from kiosk import cards, roster, users
+from kiosk.actors import Actor
+from kiosk.cli import main
+from kiosk.clock import ManualClock
+from kiosk.db import Database
+from kiosk.instance import Instance
+from kiosk.models import Card, Pupil
+
+from .conftest import SCHOOL_MORNING, main_kiosk
+
+LOCKER = Path(sys.executable).with_name("locker")
+ROSTER_HEADER = ["Adno", "Legal Forename", "Legal Surname", "Reg Group", "Year", "Date of Birth"]
+ROSTER_ROWS = [
+    ["3001", "Zoë", "O'Brien", "7A", "Year 7", "2014-01-02"],
+    ["3002", "Siobhán", "Ní Bhriain, Jr", "7B", "Year 7", "2014-03-04"],
+    ["3003", "Łukasz", "Wróbel", "10A", "Year 10", "2011-05-06"],
+    ["3004", "محمد", "王", "10A", "10", "2011-07-08"],
+]
+UID = "04:A1:B2:C3:D4:E5:F6"
+STRONG = "lantern-quokka-harbour"
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+
+Run = Callable[..., Result]
+
+
+@pytest.fixture(autouse=True)
+def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """No LOCKER_* variable of the machine running the tests; logging restored after."""
+    for name in list(os.environ):
+        if name.startswith("LOCKER_"):
+            monkeypatch.delenv(name)
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+@pytest.fixture
+def run(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Run:
+    """``run(*args, stdin=...)``: `locker ARGS` in-process."""
+
+    def _run(*args: object, stdin: str = "") -> Result:
+        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as caught:
+            main([str(arg) for arg in args])
+        out, err = capsys.readouterr()
+        code = caught.value.code
+        return Result(code if isinstance(code, int) else int(code is not None), out, err)
+
+    return _run
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    return tmp_path / "instance"
+
+
+@pytest.fixture
+def locker(run: Run, home: Path) -> Run:
+    """`locker --home HOME ARGS` on an initialised instance."""
+    assert run("--home", home, "init").code == 0
+    return lambda *args, stdin="": run("--home", home, *args, stdin=stdin)
+
+
+def assert_user_error(result: Result, *, problem_lines: bool = False) -> str:
+    """A user's mistake: non-zero, 'error: ...' on one line of stderr, no traceback."""
+    assert result.code != 0, result
+    assert "Traceback" not in result.err
+    lines = result.err.splitlines()
+    assert lines and lines[0].startswith("error: "), result.err
+    if problem_lines:
+        assert all(line.startswith("  ") and line.strip() for line in lines[1:]), result.err
+    else:
+        assert len(lines) == 1, result.err
+    return lines[0]
+
+
+def write_roster(path: Path, rows: list[list[str]], header: list[str] = ROSTER_HEADER) -> Path:
+    with path.open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\r\n")
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+def dump(path: Path) -> list[str]:
+    """The whole database as SQL text, for before/after comparisons."""
+    connection = sqlite3.connect(path)
+    try:
+        return list(connection.iterdump())
+    finally:
+        connection.close()
+
+
+def open_instance(home: Path) -> Instance:
+    return Instance.open(home, env={})
+
+
+def pupils_of(database: Path) -> list[tuple[str, str, str, str, str]]:
+    connection = sqlite3.connect(database)
+    try:
+        return connection.execute(
+            "SELECT admission_number, forename, surname, form, status FROM pupils ORDER BY 1"
+        ).fetchall()
+    finally:
+        connection.close()
+
+
+# ------------------------------------------------------------------------------ init
+
+
+def test_init_creates_the_instance(run: Run, home: Path) -> None:
+    result = run("--home", home, "init")
+    assert result.code == 0, result.err
+    assert "created site secret" in result.out and "schema new" in result.out
+    secret = home / "secret.key"
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+    assert len(bytes.fromhex(secret.read_text().strip())) >= 32
+    assert (home / "config.toml").exists() and (home / "locker.db").exists()
+    assert run("--home", home, "audit", "verify").code == 0
+
+
+def test_init_twice_changes_nothing_the_second_time(run: Run, home: Path) -> None:
+    assert run("--home", home, "init").code == 0
+    files = {name: (home / name).read_bytes() for name in ("secret.key", "config.toml")}
+    before = dump(home / "locker.db")
+    again = run("--home", home, "init")
+    assert again.code == 0, again.err
+    assert "created" not in again.out and "up to date" in again.out
+    assert {name: (home / name).read_bytes() for name in files} == files
+    assert dump(home / "locker.db") == before
+
+
+def test_init_demo_seeds_once(run: Run, home: Path) -> None:
+    result = run("--home", home, "init", "--demo")
+    assert result.code == 0, result.err
+    assert "demo school seeded" in result.out
+    pupils = pupils_of(home / "locker.db")
+    assert pupils
+    # The printed staff passwords are the real ones.
+    account = next(line.split() for line in result.out.splitlines() if line.startswith("  "))
+    username, password = account[0], account[-1]
+    instance = open_instance(home)
+    try:
+        with instance.database.reader() as session:
+            assert users.authenticate(session, username, password) is not None
+    finally:
+        instance.close()
+    before = dump(home / "locker.db")
+    again = run("--home", home, "init", "--demo")
+    assert again.code == 0 and "nothing seeded" in again.out
+    assert dump(home / "locker.db") == before
+
+
+@pytest.mark.parametrize("directory", ["cabinet #2", "what?", "100%25 sure"])
+def test_init_keeps_the_database_inside_an_oddly_named_instance(
+    run: Run, tmp_path: Path, directory: str
+) -> None:
+    """The database belongs in the instance directory whatever the directory is called."""
+    home = tmp_path / directory / "instance"
+    result = run("--home", home, "init")
+    assert result.code == 0, result.err
+    assert (home / "locker.db").is_file()
+    assert sorted(path.name for path in tmp_path.iterdir()) == [directory]
+
+
+def test_home_from_locker_home_or_the_current_directory(
+    run: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert run("init").code == 0
+    assert (tmp_path / "instance" / "locker.db").is_file()
+    elsewhere = tmp_path / "elsewhere"
+    monkeypatch.setenv("LOCKER_HOME", str(elsewhere))
+    assert str(elsewhere) in assert_user_error(run("audit", "verify"))
+    assert run("init").code == 0
+    assert (elsewhere / "locker.db").is_file()
+    # --home wins over LOCKER_HOME.
+    assert run("--home", tmp_path / "instance", "audit", "verify").code == 0
+
+
+# ------------------------------------------------------------------------------ mistakes
+
+
+def test_missing_instance(run: Run, tmp_path: Path) -> None:
+    line = assert_user_error(run("--home", tmp_path / "nowhere", "audit", "verify"))
+    assert "locker init" in line
+
+
+def test_directory_that_was_never_initialised(run: Run, tmp_path: Path) -> None:
+    line = assert_user_error(run("--home", tmp_path, "roster", "import", "x.csv"))
+    assert "locker init" in line or "cannot read" in line
+    line = assert_user_error(run("--home", tmp_path, "audit", "verify"))
+    assert "locker init" in line
+
+
+@pytest.mark.parametrize(
+    ("edit", "named"),
+    [
+        (lambda text: text + "\n[policy\n", "not valid TOML"),
+        (
+            lambda text: text.replace(
+                '# deposit_window = "07:30-09:15"', 'deposit_window = "7.30"'
+            ),
+            "deposit_window",
+        ),
+        (
+            lambda text: text.replace("[policy]", "[policy]\nretention_dayz = 30", 1),
+            "retention_dayz",
+        ),
+        (
+            lambda text: text.replace("[policy]", '[policy]\ntimezone = "Mars/Olympus"', 1),
+            "timezone",
+        ),
+    ],
+    ids=["toml", "bad value", "unknown key", "bad timezone"],
+)
+def test_broken_config_toml(
+    locker: Run, home: Path, edit: Callable[[str], str], named: str
+) -> None:
+    config = home / "config.toml"
+    edited = edit(config.read_text())
+    assert edited != config.read_text()
+    config.write_text(edited)
+    line = assert_user_error(locker("audit", "verify"))
+    assert named in line
+
+
+def test_database_missing_from_an_initialised_instance(locker: Run, home: Path) -> None:
+    """The database file deleted (or never created): one line that says what to do."""
+    (home / "locker.db").unlink()
+    line = assert_user_error(locker("audit", "verify"))
+    assert "locker init" in line
+
+
+def test_unexpected_error_names_the_home_in_use(locker: Run, home: Path, tmp_path: Path) -> None:
+    """The hint of an unexpected failure names the --home directory, not ./instance."""
+    (home / "locker.db").write_bytes(b"this is not a database" * 100)
+    result = locker("audit", "verify")
+    assert result.code != 0 and "Traceback" not in result.err
+    assert str(home) in result.err
+
+
+def test_unknown_command_and_usage_errors(locker: Run) -> None:
+    assert_user_error(locker("nonsense"))
+    assert_user_error(locker("card", "enrol", "3001"))  # the UID is missing
+    assert_user_error(locker("user", "add", "kate"))  # --role is required
+
+
+# ------------------------------------------------------------------------------ roster
+
+
+def test_roster_import(locker: Run, home: Path, tmp_path: Path) -> None:
+    result = locker("roster", "import", write_roster(tmp_path / "r.csv", ROSTER_ROWS))
+    assert result.code == 0, result.err
+    assert "4 pupils in the file" in result.out and "4 added" in result.out
+    assert "Date of Birth" in result.out  # reported as ignored
+    stored = pupils_of(home / "locker.db")
+    assert [row[:4] for row in stored] == [
+        (row[0], row[1], row[2], row[3]) for row in sorted(ROSTER_ROWS)
+    ]
+    assert b"2014-01-02" not in (home / "locker.db").read_bytes()
+    again = locker("roster", "import", tmp_path / "r.csv")
+    assert again.code == 0 and "4 unchanged" in again.out
+
+
+def test_roster_import_rejects_a_bad_file_and_names_every_line(
+    locker: Run, home: Path, tmp_path: Path
+) -> None:
+    locker("roster", "import", write_roster(tmp_path / "good.csv", ROSTER_ROWS))
+    before = dump(home / "locker.db")
+    rows = [
+        ROSTER_ROWS[0],
+        ["3005", "", "Empty", "7A", "7", ""],  # line 3: no forename
+        ROSTER_ROWS[0],  # line 4: duplicate of line 2
+        ["3006", "Too", "Few"],  # line 5
+    ]
+    result = locker("roster", "import", write_roster(tmp_path / "bad.csv", rows))
+    assert_user_error(result, problem_lines=True)
+    problems = result.err.splitlines()[1:]
+    assert [line.split(":")[0].strip() for line in problems] == ["line 3", "line 4", "line 5"]
+    assert "line 2" in problems[1]
+    assert dump(home / "locker.db") == before
+
+
+def test_roster_import_user_mistakes(locker: Run, tmp_path: Path) -> None:
+    assert "cannot read" in assert_user_error(locker("roster", "import", tmp_path / "nope.csv"))
+    assert_user_error(locker("roster", "import", tmp_path))  # a directory
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes("Adno,Forename,Surname,Form\n1,Zoë,A,7A\n".encode("latin-1"))
+    result = locker("roster", "import", latin)
+    assert_user_error(result, problem_lines=True)
+    assert "line 2" in result.err
+    empty = tmp_path / "empty.csv"
+    empty.write_bytes(b"")
+    assert_user_error(locker("roster", "import", empty), problem_lines=True)
+
+
+def test_roster_import_partial_dry_run_and_mass_leave(
+    locker: Run, home: Path, tmp_path: Path
+) -> None:
+    many = [[f"M{n:03d}", "Amy", f"Ng{n}", "7A", "7", ""] for n in range(20)]
+    locker("roster", "import", write_roster(tmp_path / "all.csv", many))
+    few = write_roster(tmp_path / "few.csv", many[:5])
+
+    before = dump(home / "locker.db")
+    dry = locker("roster", "import", "--dry-run", few, "--allow-mass-leave")
+    assert dry.code == 0 and "dry run" in dry.out and "15 marked as left" in dry.out
+    assert dump(home / "locker.db") == before
+
+    line = assert_user_error(locker("roster", "import", few))
+    assert "--allow-mass-leave" in line
+    assert dump(home / "locker.db") == before
+
+    partial = locker("roster", "import", "--partial", few)
+    assert partial.code == 0 and "0 marked as left" in partial.out
+    assert {row[4] for row in pupils_of(home / "locker.db")} == {"active"}
+
+    allowed = locker("roster", "import", "--allow-mass-leave", few)
+    assert allowed.code == 0 and "15 marked as left" in allowed.out
+    statuses = [row[4] for row in pupils_of(home / "locker.db")]
+    assert statuses.count("left") == 15
+
+
+# ------------------------------------------------------------------------------ cards
+
+
+@pytest.fixture
+def with_roster(locker: Run, tmp_path: Path) -> Run:
+    assert locker("roster", "import", write_roster(tmp_path / "r.csv", ROSTER_ROWS)).code == 0
+    return locker
+
+
+def test_card_enrol_and_revoke(with_roster: Run, home: Path) -> None:
+    locker = with_roster
+    result = locker("card", "enrol", "3001", "04a1b2c3d4e5f6")
+    assert result.code == 0, result.err
+    assert UID in result.out
+    line = assert_user_error(locker("card", "enrol", "3002", UID))
+    assert "3001" in line and "revoke" in line
+    assert locker("card", "revoke", "04-a1-b2-c3-d4-e5-f6").code == 0
+    assert "no active card" in assert_user_error(locker("card", "revoke", UID))
+    assert locker("card", "enrol", "3002", UID).code == 0
+    instance = open_instance(home)
+    try:
+        with instance.database.reader() as session:
+            card = cards.find_active(session, instance.card_key, cards.normalise_uid(UID))
+            assert card is not None and card.pupil is not None
+            assert card.pupil.admission_number == "3002"
+            assert session.execute(select(func.count()).select_from(Card)).scalar_one() == 2
+    finally:
+        instance.close()
+
+
+def test_card_enrol_user_mistakes(with_roster: Run) -> None:
+    locker = with_roster
+    assert "9999" in assert_user_error(locker("card", "enrol", "9999", UID))
+    assert "UID" in assert_user_error(locker("card", "enrol", "3001", "not-a-uid"))
+    assert_user_error(locker("card", "enrol", "3001", "DE:AD:BE"))
+    assert_user_error(locker("card", "enrol", "--staff", "nobody", UID))
+    assert_user_error(locker("card", "revoke", "zz"))
+
+
+def test_staff_card(with_roster: Run) -> None:
+    locker = with_roster
+    assert (
+        locker("user", "add", "kate", "--role", "staff", "--password-stdin", stdin=STRONG).code == 0
+    )
+    result = locker("card", "enrol", "--staff", "kate", "01:02:03:04")
+    assert result.code == 0 and "staff member kate" in result.out
+    assert "kate" in assert_user_error(locker("card", "enrol", "3001", "01020304"))
+
+
+def test_the_uid_never_reaches_the_database_file(with_roster: Run, home: Path) -> None:
+    assert with_roster("card", "enrol", "3003", UID).code == 0
+    uid = cards.normalise_uid(UID)
+    content = b"".join(
+        path.read_bytes() for path in home.iterdir() if path.name.startswith("locker.db")
+    )
+    assert "Wróbel".encode() in content
+    for form in (
+        uid,
+        uid.hex().encode(),
+        uid.hex().upper().encode(),
+        UID.encode(),
+        UID.lower().encode(),
+    ):
+        assert form not in content
+
+
+# ------------------------------------------------------------------------------ users and tokens
+
+
+def test_user_add_with_password_on_stdin(locker: Run, home: Path) -> None:
+    result = locker(
+        "user", "add", "Kate.Lovell", "--role", "dsl", "--password-stdin", stdin=STRONG + "\n"
+    )
+    assert result.code == 0, result.err
+    assert "kate.lovell" in result.out and STRONG not in result.out
+    instance = open_instance(home)
+    try:
+        with instance.database.reader() as session:
+            user = users.authenticate(session, "kate.lovell", STRONG)
+            assert user is not None and user.role.value == "dsl"
+    finally:
+        instance.close()
+    assert STRONG.encode() not in b"".join(
+        path.read_bytes() for path in home.iterdir() if path.name.startswith("locker.db")
+    )
+    assert "already exists" in assert_user_error(
+        locker("user", "add", "kate.lovell", "--role", "dsl", "--password-stdin", stdin=STRONG)
+    )
+
+
+def test_user_add_generates_a_password_without_a_terminal(locker: Run, home: Path) -> None:
+    result = locker("user", "add", "office1", "--role", "office")
+    assert result.code == 0, result.err
+    password = result.out.strip().splitlines()[-1].split(": ", 1)[1]
+    users.check_password(password, "office1")
+    instance = open_instance(home)
+    try:
+        with instance.database.reader() as session:
+            assert users.authenticate(session, "office1", password) is not None
+    finally:
+        instance.close()
+
+
+@pytest.mark.parametrize(
+    ("args", "stdin", "says"),
+    [
+        (["--role", "admin", "--password-stdin"], "Password1234", "too easy"),
+        (["--role", "admin", "--password-stdin"], "short", "too short"),
+        (["--role", "admin", "--password-stdin"], "kate-rules-the-school", "user name"),
+        (["--role", "admin", "--password-stdin"], "", "no password"),
+        (["--role", "superuser", "--password-stdin"], STRONG, "unknown role"),
+        (["--role", "", "--password-stdin"], STRONG, "unknown role"),
+    ],
+    ids=["common", "short", "username", "empty", "superuser", "blank role"],
+)
+def test_user_add_mistakes(locker: Run, home: Path, args: list[str], stdin: str, says: str) -> None:
+    before = dump(home / "locker.db")
+    assert says in assert_user_error(locker("user", "add", "kate", *args, stdin=stdin))
+    assert dump(home / "locker.db") == before
+
+
+def test_user_add_refuses_a_bad_user_name(locker: Run) -> None:
+    assert "user name" in assert_user_error(
+        locker("user", "add", "Kate Lovell!", "--role", "office", "--password-stdin", stdin=STRONG)
+    )
+
+
+def test_token_create(locker: Run, home: Path) -> None:
+    locker("user", "add", "kate", "--role", "office", "--password-stdin", stdin=STRONG)
+    result = locker("token", "create", "kate", "--name", "dashboard")
+    assert result.code == 0, result.err
+    token = result.out.strip()
+    instance = open_instance(home)
+    try:
+        with instance.database.reader() as session:
+            user = users.user_for_token(session, token, datetime.now(UTC))
+            assert user is not None and user.username == "kate"
+    finally:
+        instance.close()
+    assert token.encode() not in (home / "locker.db").read_bytes()
+    assert "nobody" in assert_user_error(locker("token", "create", "nobody"))
+
+
+# ------------------------------------------------------------------------------ audit
+
+
+def test_audit_verify_ok(with_roster: Run) -> None:
+    result = with_roster("audit", "verify")
+    assert result.code == 0 and "audit chain ok" in result.out
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        "UPDATE audit_events SET details = '{\"rows\":1}' WHERE seq = :seq",
+        "UPDATE audit_events SET actor = 'user:nobody' WHERE seq = :seq",
+        "UPDATE audit_events SET occurred_at = '2020-01-01 00:00:00.000000' WHERE seq = :seq",
+        "DELETE FROM audit_events WHERE seq = :seq",
+    ],
+    ids=["details", "actor", "time", "removed"],
+)
+def test_editing_an_audit_event_makes_verify_fail(
+    with_roster: Run, home: Path, tamper: str
+) -> None:
+    locker = with_roster
+    locker("card", "enrol", "3001", UID)
+    locker("card", "enrol", "3002", "01:02:03:04")
+    connection = sqlite3.connect(home / "locker.db")
+    try:
+        seqs = [row[0] for row in connection.execute("SELECT seq FROM audit_events ORDER BY seq")]
+        seq = seqs[len(seqs) // 2]
+        with connection:
+            assert connection.execute(tamper, {"seq": seq}).rowcount == 1
+    finally:
+        connection.close()
+    result = locker("audit", "verify")
+    line = assert_user_error(result)
+    if tamper.startswith("DELETE"):  # named by the event after the gap
+        assert f"seq {seq + 1} " in line and "removed" in line
+    else:
+        assert f"seq {seq} " in line
+
+
+# ------------------------------------------------------------------------------ reports
+
+
+def _school_day(home: Path) -> str:
+    """Three pupils; one deposits on the test's school day (through the ledger)."""
+    instance = open_instance(home)
+    clock = ManualClock(SCHOOL_MORNING)
+    try:
+        data = io.StringIO()
+        rows = [["Adno", "Forename", "Surname", "Form"], ["D1", "=cmd", "Ng", "10A"]]
+        rows += [["D2", "Ben", "Ode", "7A"], ["D3", "Cat", "Lee", "7B"]]
+        csv.writer(data).writerows(rows)
+        parsed = roster.parse_roster(data.getvalue().encode())
+        with instance.database.transaction() as session:
+            roster.import_roster(session, Actor.system("test"), clock, instance.audit, parsed)
+        with instance.database.transaction() as session:
+            pupil = session.execute(
+                select(Pupil).where(Pupil.admission_number == "D2")
+            ).scalar_one()
+            record = instance.ledger.start_deposit(
+                session,
+                Actor.for_pupil(pupil, "main"),
+                clock,
+                pupil=pupil,
+                kiosk=main_kiosk(session),
+                timeout_s=30,
+            )
+            instance.ledger.confirm_deposit(session, Actor.for_kiosk("main"), clock, record)
+        return instance.policy.school_day(clock.now()).isoformat()
+    finally:
+        instance.close()
+
+
+def test_report_daily(locker: Run, home: Path, tmp_path: Path) -> None:
+    day = _school_day(home)
+    result = locker("report", "daily", "--date", day)
+    assert result.code == 0, result.err
+    table = list(csv.DictReader(io.StringIO(result.out)))
+    assert [row["form"] for row in table] == ["7A", "7B", "10A"]
+    assert [(row["pupils"], row["deposited"], row["nothing_recorded"]) for row in table] == [
+        ("1", "1", "0"),
+        ("1", "0", "1"),
+        ("1", "0", "1"),
+    ]
+    per_pupil = locker("report", "daily", "--date", day, "--pupils")
+    rows = list(csv.DictReader(io.StringIO(per_pupil.out)))
+    assert {row["admission_number"]: row["status"] for row in rows} == {
+        "D1": "nothing recorded",
+        "D2": "deposited",
+        "D3": "nothing recorded",
+    }
+    assert next(row["forename"] for row in rows if row["admission_number"] == "D1") == "'=cmd"
+    output = tmp_path / "out.csv"
+    written = locker("report", "daily", "--date", day, "-o", output)
+    assert written.code == 0 and output.read_text(encoding="utf-8") == result.out
+    # The next day nobody has deposited yet.
+    later = locker("report", "daily", "--date", (datetime.fromisoformat(day) + timedelta(1)).date())
+    assert [row["deposited"] for row in csv.DictReader(io.StringIO(later.out))] == ["0"] * 3
+
+
+@pytest.mark.parametrize("value", ["2026-13-01", "yesterday", "07/09/2026", ""])
+def test_report_daily_bad_date(locker: Run, value: str) -> None:
+    assert "--date" in assert_user_error(locker("report", "daily", "--date", value))
+
+
+def test_report_daily_without_a_date_uses_today(locker: Run) -> None:
+    result = locker("report", "daily")
+    assert result.code == 0 and result.out.startswith("form,pupils,")
+
+
+# ------------------------------------------------------------------------------ retention
+
+
+def test_retention_purge(locker: Run, home: Path) -> None:
+    instance = open_instance(home)
+    try:
+        days = instance.policy.config.retention_days + 30
+        old_day = (datetime.now(UTC) - timedelta(days=days)).date()
+        old_day -= timedelta(days=old_day.weekday())  # a Monday
+        clock = ManualClock(instance.policy.at_local(old_day, time(7, 45)))
+        with instance.database.transaction() as session:
+            pupil = Pupil(
+                admission_number="OLD1",
+                forename="Amy",
+                surname="Ng",
+                form="7A",
+                created_at=clock.now(),
+                updated_at=clock.now(),
+            )
+            session.add(pupil)
+            session.flush()
+            record = instance.ledger.start_deposit(
+                session,
+                Actor.for_pupil(pupil, "main"),
+                clock,
+                pupil=pupil,
+                kiosk=main_kiosk(session),
+                timeout_s=30,
+            )
+            instance.ledger.cancel_deposit(
+                session, Actor.for_kiosk("main"), clock, record, reason="door never opened"
+            )
+    finally:
+        instance.close()
+    before = dump(home / "locker.db")
+    dry = locker("retention", "purge", "--dry-run")
+    assert dry.code == 0, dry.err
+    assert "would delete 1 custody records" in dry.out
+    assert dump(home / "locker.db") == before
+    purge = locker("retention", "purge")
+    assert purge.code == 0 and "deleted 1 custody records" in purge.out
+    connection = sqlite3.connect(home / "locker.db")
+    try:
+        assert connection.execute("SELECT count(*) FROM custody_records").fetchone() == (0,)
+    finally:
+        connection.close()
+    assert locker("audit", "verify").code == 0
+
+
+# ------------------------------------------------------------------------------ export
+
+
+def test_export_pupil(with_roster: Run, home: Path, tmp_path: Path) -> None:
+    locker = with_roster
+    locker("card", "enrol", "3002", UID)
+    result = locker("export", "pupil", "3002")
+    assert result.code == 0, result.err
+    data = json.loads(result.out)
+    assert data["pupil"]["admission_number"] == "3002"
+    assert data["pupil"]["surname"] == "Ní Bhriain, Jr"
+    assert len(data["cards"]) == 1 and data["cards"][0]["uid_ref"]
+    assert any(event["kind"] == "card.enrolled" for event in data["audit_events"])
+    uid = cards.normalise_uid(UID)
+    text = result.out.lower()
+    for form in (
+        uid.hex(),
+        UID.lower(),
+        "-".join(f"{b:02x}" for b in uid),
+        str(int(uid.hex(), 16)),
+    ):
+        assert form not in text
+    instance = open_instance(home)
+    try:
+        assert cards.uid_hash(instance.card_key, uid) not in text
+    finally:
+        instance.close()
+    output = tmp_path / "sar.json"
+    assert locker("export", "pupil", "3002", "-o", output).code == 0
+    assert json.loads(output.read_text())["pupil"] == data["pupil"]
+    assert stat.S_IMODE(output.stat().st_mode) == 0o600
+    assert "9999" in assert_user_error(locker("export", "pupil", "9999"))
+
+
+def test_export_into_an_existing_file_is_private(with_roster: Run, tmp_path: Path) -> None:
+    """The export holds a child's data: the file is 0600 even when it existed before."""
+    output = tmp_path / "sar.json"
+    output.write_text("old")
+    output.chmod(0o644)
+    result = with_roster("export", "pupil", "3001", "-o", output)
+    assert result.code == 0 and "0600" in result.out
+    assert json.loads(output.read_text())["pupil"]["admission_number"] == "3001"
+    assert stat.S_IMODE(output.stat().st_mode) == 0o600
+
+
+# ------------------------------------------------------------------------------ backup
+
+
+def check_backup(copy: Path, instance_home: Path) -> int:
+    """The copy opens, passes integrity_check, holds the same pupils, and its audit chain
+    verifies with the instance's key; returns its number of audit events."""
+    connection = sqlite3.connect(copy)
+    try:
+        assert connection.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    finally:
+        connection.close()
+    assert pupils_of(copy) == pupils_of(instance_home / "locker.db")
+    instance = open_instance(instance_home)
+    database = Database(f"sqlite:///{copy}")
+    try:
+        with database.reader() as session:
+            return instance.audit.verify(session).events
+    finally:
+        database.dispose()
+        instance.close()
+
+
+def test_backup(with_roster: Run, home: Path, tmp_path: Path) -> None:
+    locker = with_roster
+    dest = tmp_path / "backup.db"
+    result = locker("backup", dest)
+    assert result.code == 0, result.err
+    assert check_backup(dest, home) > 0
+    assert pupils_of(dest)
+    # A directory gets a dated file; an existing file is never overwritten.
+    folder = tmp_path / "usb"
+    folder.mkdir()
+    assert locker("backup", folder).code == 0
+    assert len(list(folder.glob("locker-*.db"))) == 1
+    assert "already exists" in assert_user_error(locker("backup", dest))
+    assert_user_error(locker("backup", tmp_path / "not-mounted" / "b.db"))
+
+
+def test_backup_with_secret(with_roster: Run, home: Path, tmp_path: Path) -> None:
+    result = with_roster("backup", tmp_path / "b.db", "--include-secret")
+    assert result.code == 0, result.err
+    secret = tmp_path / "b.secret.key"
+    assert secret.read_bytes() == (home / "secret.key").read_bytes()
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+
+
+def test_backup_while_the_ledger_writes(with_roster: Run, home: Path, tmp_path: Path) -> None:
+    """A backup taken while another thread keeps writing custody events is consistent."""
+    stop, started = threading.Event(), threading.Event()
+    written: list[int] = []
+    errors: list[BaseException] = []
+
+    def writer() -> None:
+        instance = open_instance(home)
+        clock = ManualClock(SCHOOL_MORNING)
+        try:
+            while not stop.is_set():
+                with instance.database.transaction() as session:
+                    pupil = session.execute(
+                        select(Pupil).where(Pupil.admission_number == "3001")
+                    ).scalar_one()
+                    record = instance.ledger.start_deposit(
+                        session,
+                        Actor.for_pupil(pupil, "main"),
+                        clock,
+                        pupil=pupil,
+                        kiosk=main_kiosk(session),
+                        timeout_s=30,
+                    )
+                    instance.ledger.cancel_deposit(
+                        session, Actor.for_kiosk("main"), clock, record, reason="test"
+                    )
+                clock.advance(seconds=1)
+                written.append(record.id)
+                if len(written) >= 5:
+                    started.set()
+        except BaseException as exc:  # reported by the test below
+            errors.append(exc)
+            started.set()
+        finally:
+            instance.close()
+
+    thread = threading.Thread(target=writer, daemon=True)
+    thread.start()
+    copies: list[Path] = []
+    try:
+        assert started.wait(30)
+        first = len(written)
+        # Back up until the writer has committed more while the backups ran.
+        while len(copies) < 3 or (len(written) < first + 5 and len(copies) < 50):
+            dest = tmp_path / f"live-{len(copies)}.db"
+            result = with_roster("backup", dest)
+            assert result.code == 0, result.err
+            copies.append(dest)
+        during = len(written)
+    finally:
+        stop.set()
+        thread.join(30)
+    assert not errors, errors
+    assert during >= first + 5, "the writer did not run during the backups"
+    events = [check_backup(copy, home) for copy in copies]
+    assert events == sorted(events) and events[0] < events[-1]
+    with sqlite3.connect(home / "locker.db") as connection:
+        total = connection.execute("SELECT count(*) FROM audit_events").fetchone()[0]
+    assert events[-1] <= total
+
+
+def test_backup_of_an_instance_whose_path_has_a_hash(run: Run, tmp_path: Path) -> None:
+    home = tmp_path / "cabinet #2" / "instance"
+    assert run("--home", home, "init").code == 0
+    roster_file = write_roster(tmp_path / "r.csv", ROSTER_ROWS)
+    assert run("--home", home, "roster", "import", roster_file).code == 0
+    dest = tmp_path / "backup.db"
+    result = run("--home", home, "backup", dest)
+    assert result.code == 0, result.err
+    assert len(pupils_of(dest)) == len(ROSTER_ROWS)
+    assert check_backup(dest, home) > 0
+
+
+# ------------------------------------------------------------------------------ console script
+
+
+def console(*args: object, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    env = {name: value for name, value in os.environ.items() if not name.startswith("LOCKER_")}
+    return subprocess.run(
+        [str(LOCKER), *map(str, args)],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_console_script(tmp_path: Path) -> None:
+    """The installed `locker` script, with a real stdin (each run costs ~0.8 s of imports)."""
+    home = tmp_path / "instance"
+    assert LOCKER.exists()
+    assert console("--home", home, "init").returncode == 0
+    roster_file = write_roster(tmp_path / "r.csv", ROSTER_ROWS)
+    imported = console("--home", home, "roster", "import", roster_file)
+    assert imported.returncode == 0 and "4 added" in imported.stdout
+    added = console(
+        "--home", home, "user", "add", "kate", "--role", "admin", "--password-stdin", stdin=STRONG
+    )
+    assert added.returncode == 0, added.stderr
+    verified = console("--home", home, "audit", "verify")
+    assert verified.returncode == 0 and "audit chain ok" in verified.stdout
+    with sqlite3.connect(home / "locker.db") as connection:
+        assert connection.execute("SELECT count(*) FROM pupils").fetchone() == (4,)
+        assert connection.execute("SELECT username FROM users").fetchall() == [("kate",)]
+
+
+def test_console_script_mistake(tmp_path: Path) -> None:
+    result = console("--home", tmp_path / "missing", "audit", "verify")
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert result.stdout == ""
