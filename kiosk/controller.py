@@ -1,0 +1,1311 @@
+"""The kiosk controller: the one process that owns the cabinet's hardware.
+
+Taps, door edges, lock pulses ending, reader faults and the web's commands all become events
+on one queue; one loop takes them in order and makes every decision. Hardware callbacks only
+enqueue. Time comes from one injectable clock (wall time for the ledger, monotonic time and
+timers for the hardware), so every flow is tested without sleeping.
+
+Crash safety: the intent (a PENDING_DEPOSIT record, a confiscation placed in a compartment)
+is committed before a lock opens; on start every pending record and every door is reconciled
+with the database, and whatever cannot be proven is flagged for the office, never forgotten
+and never given to a second owner.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import queue
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from hardware.cabinet import Cabinet
+from hardware.clock import ManualClock as HardwareManualClock
+from hardware.clock import SystemClock as HardwareSystemClock
+from hardware.errors import HardwareError, LockBusy
+from hardware.interfaces import DoorEvent, PulseEnd, Tap
+from kiosk import cabinets, cards, commands
+from kiosk.actors import Actor
+from kiosk.errors import LockerError
+from kiosk.instance import Instance
+from kiosk.models import (
+    Command,
+    CommandStatus,
+    Compartment,
+    CustodyRecord,
+    CustodyState,
+    Kiosk,
+    Pupil,
+    PupilStatus,
+    User,
+)
+from kiosk.systemd import Notifier
+
+log = logging.getLogger(__name__)
+
+FLAG_UNVERIFIED = "unverified"
+FLAG_CHECK = "check"
+FLAG_DOOR_LEFT_OPEN = "door_left_open"
+SCREEN_HOLD_S = 6.0
+ENROL_WAIT_S = 60.0
+UNLOCK_RETRY_S = 0.25
+UNLOCK_RETRIES = 40
+COMMAND_RESULT_PURPOSES = ("office", "release", "confiscation", "check", "return")
+
+
+# ------------------------------------------------------------------------------ clocks
+
+
+class LiveClock(HardwareSystemClock):
+    """Real time: wall clock for the ledger, monotonic time and a timer thread for the
+    hardware."""
+
+    def now(self) -> datetime:
+        return datetime.now(UTC)
+
+
+class SimulatedClock(HardwareManualClock):
+    """Time that moves only when told (tests and benchmarks): ``now()`` follows
+    ``monotonic()``, and timers run inside :meth:`advance`."""
+
+    def __init__(self, start: datetime) -> None:
+        super().__init__(start=1000.0)
+        self._epoch = start.astimezone(UTC) - timedelta(seconds=1000.0)
+
+    def now(self) -> datetime:
+        return self._epoch + timedelta(seconds=self.monotonic())
+
+    def set(self, when: datetime) -> None:
+        """Jump forward to ``when`` (running every timer due on the way)."""
+        seconds = (when.astimezone(UTC) - self.now()).total_seconds()
+        if seconds < 0:
+            raise ValueError("time cannot go backwards")
+        self.advance(seconds)
+
+
+# ------------------------------------------------------------------------------ events
+
+
+@dataclass(frozen=True)
+class ReaderFault:
+    error: Exception
+
+
+@dataclass(frozen=True)
+class ReaderRecovered:
+    pass
+
+
+@dataclass(frozen=True)
+class HardwareFault:
+    error: HardwareError
+
+
+@dataclass(frozen=True)
+class Wake:
+    """Nudge the loop (a command may be waiting; stop requested)."""
+
+
+@dataclass
+class Unlock:
+    """A compartment being opened, and why."""
+
+    number: int
+    purpose: str  # deposit, reconfirm, collect, confiscation, release, office, check, open_all
+    custody_id: int | None = None
+    command_id: int | None = None
+    name: str = ""
+    door_opened: bool = False
+    attempts: int = 0
+    energised: bool = False
+
+
+@dataclass
+class OpenAll:
+    command_id: int | None
+    waiting: deque[int]
+    opened: list[int] = field(default_factory=list)
+    failed: list[int] = field(default_factory=list)
+    in_flight: set[int] = field(default_factory=set)
+
+
+@dataclass
+class Mode:
+    name: str = "pupil"  # pupil, staff, enrol
+    until: float = 0.0
+    staff_user_id: int | None = None
+    staff_name: str = ""
+    enrol_pupil_id: int | None = None
+    enrol_user_id: int | None = None
+    enrol_label: str = ""
+    command_id: int | None = None
+
+
+class Controller:
+    """Turns taps, door edges and commands into custody, for one cabinet.
+
+    ``run(stop)`` is the daemon's loop; tests call :meth:`start` once and then :meth:`pump`
+    after moving the simulated clock, which handles everything that is due, synchronously.
+    """
+
+    def __init__(
+        self,
+        instance: Instance,
+        cabinet: Cabinet,
+        clock: LiveClock | SimulatedClock,
+        *,
+        notifier: Notifier | None = None,
+    ) -> None:
+        self.instance = instance
+        self.config = instance.config.kiosk
+        self.db = instance.database
+        self.ledger = instance.ledger
+        self.audit = instance.audit
+        self.policy = instance.policy
+        self.cabinet = cabinet
+        self.clock = clock
+        self.notifier = notifier or Notifier(environ={})
+        self.actor = Actor.for_kiosk(self.config.name)
+        self.events: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.unlocks: dict[int, Unlock] = {}
+        self.awaiting_close: dict[int, Unlock] = {}
+        self.open_all: OpenAll | None = None
+        self.mode = Mode()
+        self.faults: dict[str, str] = {}
+        self.alarms: dict[int, dict[str, Any]] = {}
+        self.screen: dict[str, Any] = {}
+        self._screen_seq = 0
+        self._timers: list[tuple[float, int, str, Any]] = []
+        self._timer_seq = itertools.count()
+        self._timer_keys: dict[tuple[str, Any], int] = {}
+        self._next_command_poll = 0.0
+        self._next_heartbeat = 0.0
+        self._swept_day: date | None = None
+        self._started_at = clock.now()
+        self.kiosk_id = 0
+        self.compartment_ids: dict[int, int] = {}
+        self.stopped = False
+
+    # ======================================================================== lifecycle
+
+    def start(self, *, reader_thread: bool = True) -> None:
+        """Register the cabinet, reconcile with the database, and start listening."""
+        with self.db.transaction() as session:
+            kiosk, _ = cabinets.register(session, self.actor, self.clock, self.audit, self.config)
+            self.kiosk_id = kiosk.id
+            self.compartment_ids = dict(
+                session.execute(
+                    select(Compartment.number, Compartment.id).where(
+                        Compartment.kiosk_id == kiosk.id,
+                        Compartment.number <= self.config.compartments,
+                    )
+                ).all()
+            )
+        missing = sorted(set(self.compartment_ids) - set(self.cabinet.locks))
+        if missing:
+            self._set_fault("wiring", f"compartments {missing} have no lock in [hardware]")
+        self.cabinet.on_door = self.events.put
+        self.cabinet.on_pulse_end = self.events.put
+        self.cabinet.on_fault = lambda error: self.events.put(HardwareFault(error))
+        self._reconcile()
+        self._show_idle()
+        self.cabinet.reader.start(
+            self.events.put,
+            lambda error: self.events.put(ReaderFault(error)),
+            lambda: self.events.put(ReaderRecovered()),
+            thread=reader_thread,
+        )
+        self._heartbeat()
+        self.notifier.ready(f"kiosk {self.config.name}: ready")
+        log.info("kiosk %s ready (%d compartments)", self.config.name, len(self.compartment_ids))
+
+    def run(self, stop: threading.Event) -> None:
+        """The daemon's loop, until ``stop`` is set."""
+        while not stop.is_set():
+            timeout = max(0.0, min(self._next_due() - self.clock.monotonic(), 0.5))
+            try:
+                event = self.events.get(timeout=timeout)
+            except queue.Empty:
+                event = None
+            if event is not None:
+                self._dispatch(event)
+            self._drain()
+            self._tick()
+            self.notifier.watchdog()
+        self.shutdown()
+
+    def pump(self, *, poll_commands: bool = True) -> None:
+        """Handle every queued event and due timer now (tests, benchmarks)."""
+        self._drain()
+        self._tick(force_commands=poll_commands)
+        self._drain()
+
+    def shutdown(self) -> None:
+        """Every lock left safe, indicators off, the office told we stopped."""
+        if self.stopped:
+            return
+        self.stopped = True
+        self.notifier.stopping()
+        try:
+            self.cabinet.reader.stop()
+        except HardwareError:
+            log.exception("stopping the reader failed")
+        self.cabinet.lock_all()
+        try:
+            self.cabinet.indicators.off()
+        except HardwareError:
+            log.exception("switching the indicators off failed")
+        try:
+            with self.db.transaction() as session:
+                self.audit.record(session, self.clock, self.actor, "kiosk.stopped")
+                self._write_state(session, status="stopped")
+        except SQLAlchemyError:
+            log.exception("could not record the shutdown")
+        log.info("kiosk %s stopped; every lock is de-energised", self.config.name)
+
+    # ======================================================================== event plumbing
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                event = self.events.get_nowait()
+            except queue.Empty:
+                return
+            self._dispatch(event)
+
+    def _dispatch(self, event: Any) -> None:
+        try:
+            if isinstance(event, Tap):
+                self._on_tap(event)
+            elif isinstance(event, DoorEvent):
+                self._on_door(event)
+            elif isinstance(event, PulseEnd):
+                self._on_pulse_end(event)
+            elif isinstance(event, ReaderFault):
+                self._set_fault("reader", f"card reader: {event.error}")
+            elif isinstance(event, ReaderRecovered):
+                self._clear_fault("reader")
+            elif isinstance(event, HardwareFault):
+                self._set_fault("hardware", str(event.error))
+        except SQLAlchemyError as exc:
+            log.exception("database error while handling %r", event)
+            self._database_fault(exc)
+        except Exception:
+            log.exception("unexpected error while handling %r", event)
+
+    def _tick(self, *, force_commands: bool = False) -> None:
+        now = self.clock.monotonic()
+        while self._timers and self._timers[0][0] <= now:
+            _, seq, name, key = heapq.heappop(self._timers)
+            if self._timer_keys.get((name, key)) != seq:
+                continue  # replaced or cancelled
+            del self._timer_keys[(name, key)]
+            try:
+                getattr(self, f"_timer_{name}")(key)
+            except SQLAlchemyError as exc:
+                log.exception("database error in timer %s", name)
+                self._database_fault(exc)
+            except Exception:
+                log.exception("unexpected error in timer %s", name)
+        try:
+            if force_commands or now >= self._next_command_poll:
+                self._next_command_poll = now + self.config.command_poll_s
+                self._poll_commands()
+            if now >= self._next_heartbeat:
+                self._heartbeat()
+        except SQLAlchemyError as exc:
+            log.exception("database error in the loop")
+            self._database_fault(exc)
+
+    def _next_due(self) -> float:
+        due = min(self._next_command_poll, self._next_heartbeat)
+        while (
+            self._timers
+            and self._timer_keys.get((self._timers[0][2], self._timers[0][3])) != self._timers[0][1]
+        ):
+            heapq.heappop(self._timers)
+        if self._timers:
+            due = min(due, self._timers[0][0])
+        return due
+
+    def _after(self, seconds: float, name: str, key: Any = None) -> None:
+        """Run ``_timer_<name>(key)`` in ``seconds``; replaces a timer of the same name/key."""
+        seq = next(self._timer_seq)
+        self._timer_keys[(name, key)] = seq
+        heapq.heappush(self._timers, (self.clock.monotonic() + seconds, seq, name, key))
+
+    def _cancel(self, name: str, key: Any = None) -> None:
+        self._timer_keys.pop((name, key), None)
+
+    @contextmanager
+    def _unit(self) -> Iterator[Session]:
+        """One unit of work that also publishes the kiosk's state (screen, alarms)."""
+        with self.db.transaction() as session:
+            yield session
+            self._write_state(session)
+        self.faults.pop("database", None)
+
+    # ======================================================================== taps
+
+    def _on_tap(self, tap: Tap) -> None:
+        """A card arrived: decide, commit the decision (intent first), then unlock."""
+        unlock: Unlock | None = None
+        tone = "refused"
+        with self._unit() as session:
+            card = cards.find_active(session, self.instance.card_key, tap.uid)
+            holder = "unknown"
+            if self.mode.name == "enrol" and card is None:
+                tone = self._enrol_card(session, tap)
+                holder = "new card"
+            elif card is None:
+                self._show("refused", "Card not recognised", "Please see the school office.")
+            elif card.user is not None:
+                tone = self._staff_tap(session, card.user)
+                holder = f"staff:{card.user.username}"
+            else:
+                assert card.pupil is not None
+                holder = f"pupil:{card.pupil.admission_number}"
+                if self.mode.name == "staff":
+                    unlock, tone = self._confiscate_at_kiosk(session, card.pupil)
+                else:
+                    unlock, tone = self._pupil_tap(session, card.pupil)
+            self.audit.record(
+                session,
+                self.clock,
+                self.actor,
+                "tap",
+                pupil_id=card.pupil_id if card else None,
+                details={
+                    "card": holder if card else "unknown",
+                    "uid_ref": cards.uid_reference(cards.uid_hash(self.instance.card_key, tap.uid)),
+                    "outcome": self.screen.get("title", ""),
+                    "mode": self.mode.name,
+                },
+            )
+        if unlock is not None:
+            self._start_unlock(unlock)
+        self._signal(tone)
+
+    def _pupil_tap(self, session: Session, pupil: Pupil) -> tuple[Unlock | None, str]:
+        name = self.policy.display_name(pupil)
+        if pupil.status is not PupilStatus.ACTIVE:
+            self._show("refused", "Card not active", "Please see the school office.")
+            return None, "refused"
+        now = self.clock.now()
+        kiosk = session.get(Kiosk, self.kiosk_id)
+        daily = self.ledger.active_daily(session, pupil.id)
+        if (
+            daily is not None
+            and daily.compartment is not None
+            and daily.compartment.kiosk_id != self.kiosk_id
+        ):
+            self._show(
+                "refused",
+                f"Hello {name}",
+                f"Your device is in another cabinet ({daily.kiosk.label}).",
+                name=name,
+            )
+            return None, "refused"
+        if daily is not None and daily.state is CustodyState.PENDING_DEPOSIT:
+            number = daily.compartment.number
+            if number in self.unlocks or number in self.awaiting_close:
+                self._show(
+                    "info",
+                    f"Compartment {number}",
+                    "Put your device in and close the door.",
+                    name=name,
+                    compartment=number,
+                )
+                return None, "ok"
+            return Unlock(number, "deposit", daily.id, name=name), "ok"
+        if daily is not None:  # IN_LOCKER
+            number = daily.compartment.number
+            if number in self.unlocks or number in self.awaiting_close:
+                self._show(
+                    "info",
+                    f"Compartment {number}",
+                    "It is open for you.",
+                    name=name,
+                    compartment=number,
+                )
+                return None, "ok"
+            if daily.flag == FLAG_UNVERIFIED and self.policy.in_deposit_window(now):
+                self._show(
+                    "ok",
+                    f"Compartment {number}",
+                    "Put your device in and close the door.",
+                    name=name,
+                    compartment=number,
+                )
+                return Unlock(number, "reconfirm", daily.id, name=name), "ok"
+            try:
+                self.ledger.check_collect(
+                    session, Actor.for_pupil(pupil, self.config.name), self.clock, daily
+                )
+            except LockerError as exc:
+                self._show("refused", f"Hello {name}", str(exc).capitalize() + ".", name=name)
+                return None, "refused"
+            self._show(
+                "ok",
+                f"Compartment {number}",
+                "Take your device and close the door.",
+                name=name,
+                compartment=number,
+            )
+            return Unlock(number, "collect", daily.id, name=name), "ok"
+        held = [
+            r
+            for r in self.ledger.active_records(session, pupil.id)
+            if r.state in (CustodyState.CONFISCATED, CustodyState.SAFEGUARDING_HOLD)
+        ]
+        if held and not self.policy.in_deposit_window(now):
+            self._show(
+                "refused",
+                f"Hello {name}",
+                "Your device is with the office: a parent or carer must collect it.",
+                name=name,
+            )
+            return None, "refused"
+        if "wiring" in self.faults or "hardware" in self.faults:
+            self._show("refused", "Kiosk fault", "Please see the school office.")
+            return None, "refused"
+        try:
+            with session.begin_nested():
+                record = self.ledger.start_deposit(
+                    session,
+                    Actor.for_pupil(pupil, self.config.name),
+                    self.clock,
+                    pupil=pupil,
+                    kiosk=kiosk,
+                    timeout_s=self.config.deposit_timeout_s,
+                )
+        except LockerError as exc:
+            self._show("refused", f"Hello {name}", str(exc).capitalize() + ".", name=name)
+            return None, "refused"
+        number = record.compartment.number
+        self._show(
+            "ok",
+            f"Compartment {number}",
+            "Put your device in and close the door.",
+            name=name,
+            compartment=number,
+        )
+        self._after(max(0.0, (record.pending_until - now).total_seconds()), "pending", record.id)
+        return Unlock(number, "deposit", record.id, name=name), "ok"
+
+    def _staff_tap(self, session: Session, user: User) -> str:
+        if not user.active:
+            self._show("refused", "Card not active", "Please see the school office.")
+            return "refused"
+        if self.mode.name == "staff" and self.mode.staff_user_id == user.id:
+            self._end_mode()
+            self._show("info", "Staff mode ended", "")
+            return "ok"
+        self.mode = Mode(
+            "staff",
+            self.clock.monotonic() + self.config.staff_mode_s,
+            staff_user_id=user.id,
+            staff_name=user.display_name,
+        )
+        self._after(self.config.staff_mode_s, "mode_end")
+        self._show(
+            "info",
+            "Staff mode",
+            "Tap the pupil's card to confiscate their device, or your card to finish.",
+            hold_s=self.config.staff_mode_s,
+        )
+        self.audit.record(
+            session, self.clock, Actor.for_user(user, self.config.name), "kiosk.staff_mode"
+        )
+        return "ok"
+
+    def _confiscate_at_kiosk(self, session: Session, pupil: Pupil) -> tuple[Unlock | None, str]:
+        staff = session.get(User, self.mode.staff_user_id)
+        self._end_mode()
+        if staff is None or not staff.active:
+            self._show("refused", "Staff mode ended", "Tap your staff card again.")
+            return None, "refused"
+        name = self.policy.display_name(pupil)
+        try:
+            with session.begin_nested():
+                record = self.ledger.confiscate(
+                    session,
+                    Actor.for_user(staff, self.config.name),
+                    self.clock,
+                    pupil=pupil,
+                    reason=f"confiscated at kiosk {self.config.name} by {staff.display_name}",
+                    kiosk=session.get(Kiosk, self.kiosk_id),
+                )
+        except LockerError as exc:
+            self._show("refused", "Cannot confiscate", str(exc).capitalize() + ".")
+            return None, "refused"
+        number = record.compartment.number
+        self._show(
+            "ok",
+            f"Secure compartment {number}",
+            f"Put {name}'s device in and close the door.",
+            compartment=number,
+        )
+        return Unlock(number, "confiscation", record.id, name=name), "ok"
+
+    def _enrol_card(self, session: Session, tap: Tap) -> str:
+        pupil = session.get(Pupil, self.mode.enrol_pupil_id) if self.mode.enrol_pupil_id else None
+        user = session.get(User, self.mode.enrol_user_id) if self.mode.enrol_user_id else None
+        command_id = self.mode.command_id
+        self._end_mode()
+        try:
+            with session.begin_nested():
+                card = cards.enrol(
+                    session,
+                    self.actor,
+                    self.clock,
+                    self.audit,
+                    self.instance.card_key,
+                    uid=tap.uid,
+                    pupil=pupil,
+                    user=user,
+                )
+        except LockerError as exc:
+            self._show("refused", "Card not enrolled", str(exc))
+            self._finish_command(session, command_id, error=str(exc))
+            return "refused"
+        self._show("ok", "Card enrolled", self.mode.enrol_label or "")
+        self._finish_command(session, command_id, result={"card": card.id})
+        return "ok"
+
+    def _end_mode(self) -> None:
+        self.mode = Mode()
+        self._cancel("mode_end")
+
+    def _timer_mode_end(self, _key: Any) -> None:
+        if self.mode.name == "enrol" and self.mode.command_id:
+            with self._unit() as session:
+                self._finish_command(
+                    session, self.mode.command_id, error="no new card was tapped in time"
+                )
+                self._end_mode()
+                self._show_idle()
+            return
+        self._end_mode()
+        with self._unit():
+            self._show_idle()
+
+    # ======================================================================== unlocking
+
+    def _start_unlock(self, unlock: Unlock) -> None:
+        """Energise the lock (the intent is already committed)."""
+        self.unlocks[unlock.number] = unlock
+        try:
+            self.cabinet.locks[unlock.number].pulse()
+            unlock.energised = True
+        except LockBusy:
+            unlock.attempts += 1
+            if unlock.attempts <= UNLOCK_RETRIES:
+                self._after(UNLOCK_RETRY_S, "unlock_retry", unlock.number)
+            else:
+                self._unlock_failed(unlock, "too many compartments were opening at once")
+        except (HardwareError, KeyError) as exc:
+            self._set_fault("hardware", f"lock {unlock.number}: {exc}")
+            self._unlock_failed(unlock, f"the lock did not work ({exc})")
+
+    def _timer_unlock_retry(self, number: int) -> None:
+        unlock = self.unlocks.get(number)
+        if unlock is not None and not unlock.energised:
+            self._start_unlock(unlock)
+
+    def _on_pulse_end(self, event: PulseEnd) -> None:
+        unlock = self.unlocks.pop(event.number, None)
+        if unlock is None:
+            return
+        opened = event.door_opened or unlock.door_opened or event.number in self.awaiting_close
+        if opened:
+            with self._unit() as session:
+                self._compartment(session, event.number, failed_unlocks=0)
+                if unlock.purpose in COMMAND_RESULT_PURPOSES or unlock.purpose == "open_all":
+                    self._finish_command(
+                        session,
+                        unlock.command_id,
+                        result={"compartment": event.number, "opened": True},
+                    )
+            self._open_all_next(event.number, opened=True)
+        else:
+            self._unlock_failed(unlock, "the door was not opened")
+
+    def _unlock_failed(self, unlock: Unlock, why: str) -> None:
+        """The door never opened: undo what was waiting for it, count the failure."""
+        self.unlocks.pop(unlock.number, None)
+        with self._unit() as session:
+            compartment = session.get(Compartment, self.compartment_ids[unlock.number])
+            compartment.failed_unlocks += 1
+            compartment.updated_at = self.clock.now()
+            if (
+                compartment.failed_unlocks >= self.config.out_of_service_after
+                and not compartment.out_of_service
+            ):
+                compartment.out_of_service = True
+                compartment.out_of_service_reason = (
+                    f"the door did not open after {compartment.failed_unlocks} unlocks "
+                    "(jammed lock?)"
+                )
+                self.audit.record(
+                    session,
+                    self.clock,
+                    self.actor,
+                    "compartment.out_of_service",
+                    details={
+                        "compartment": unlock.number,
+                        "reason": compartment.out_of_service_reason,
+                    },
+                )
+            record = session.get(CustodyRecord, unlock.custody_id) if unlock.custody_id else None
+            if (
+                unlock.purpose == "deposit"
+                and record is not None
+                and record.state is CustodyState.PENDING_DEPOSIT
+            ):
+                self.ledger.cancel_deposit(
+                    session, self.actor, self.clock, record, reason=f"{why}; nothing was deposited"
+                )
+                self._cancel("pending", record.id)
+                self._show(
+                    "refused",
+                    "The door did not open",
+                    "Please tap your card again.",
+                    name=unlock.name,
+                )
+            elif unlock.purpose == "confiscation" and record is not None:
+                self._confiscation_not_stored(session, record, unlock.number, why)
+                self._show(
+                    "refused", "The door did not open", "Take the device to the school office."
+                )
+            elif unlock.purpose in ("collect", "reconfirm"):
+                self._show(
+                    "refused",
+                    "The door did not open",
+                    "Please tap your card again.",
+                    name=unlock.name,
+                )
+            self._finish_command(
+                session, unlock.command_id, error=f"compartment {unlock.number}: {why}"
+            )
+        self._open_all_next(unlock.number, opened=False)
+        self._signal("refused")
+
+    def _confiscation_not_stored(
+        self, session: Session, record: CustodyRecord, number: int, why: str
+    ) -> None:
+        """The secure compartment never opened: the device is still in a member of staff's
+        hand, so the record moves to the office safe and is flagged."""
+        if (
+            record.state in (CustodyState.CONFISCATED, CustodyState.SAFEGUARDING_HOLD)
+            and record.stored_at is None
+        ):
+            record.compartment_id = None
+            self.ledger.flag(
+                session,
+                self.actor,
+                self.clock,
+                record,
+                flag=FLAG_CHECK,
+                detail=f"secure compartment {number}: {why}; the device should "
+                "be in the office safe",
+            )
+
+    # ======================================================================== doors
+
+    def _on_door(self, event: DoorEvent) -> None:
+        number = event.number
+        if number not in self.compartment_ids:
+            return
+        if event.is_open:
+            self._door_opened(number, event.forced)
+        else:
+            self._door_closed(number)
+
+    def _door_opened(self, number: int, forced: bool) -> None:
+        unlock = self.unlocks.get(number)
+        with self._unit() as session:
+            self._compartment(session, number, door_open=True)
+            expected = unlock is not None
+            self.audit.record(
+                session,
+                self.clock,
+                self.actor,
+                "door.opened",
+                details={"compartment": number, "expected": expected},
+            )
+            if unlock is not None:
+                unlock.door_opened = True
+                self.awaiting_close[number] = unlock
+                if unlock.purpose == "collect":
+                    self._collected(session, unlock)
+            elif forced:
+                self._raise_alarm(session, number, "forced")
+        if unlock is not None:
+            try:
+                self.cabinet.locks[number].lock()  # the latch has done its job
+            except HardwareError as exc:
+                self._set_fault("hardware", f"lock {number}: {exc}")
+        self._after(self.config.door_open_alarm_s, "door_alarm", number)
+
+    def _collected(self, session: Session, unlock: Unlock) -> None:
+        record = session.get(CustodyRecord, unlock.custody_id)
+        if record is None or record.state is not CustodyState.IN_LOCKER:
+            return
+        pupil = record.pupil
+        try:
+            with session.begin_nested():
+                self.ledger.collect(
+                    session, Actor.for_pupil(pupil, self.config.name), self.clock, record
+                )
+        except LockerError as exc:  # the window closed between tap and door
+            log.warning("collection of record %s not recorded: %s", record.id, exc)
+            self.ledger.flag(
+                session,
+                self.actor,
+                self.clock,
+                record,
+                flag=FLAG_CHECK,
+                detail=f"door opened for collection but not recorded: {exc}",
+            )
+            return
+        self._show(
+            "ok",
+            f"Compartment {unlock.number}",
+            "Take your device and close the door. See you tomorrow!",
+            name=unlock.name,
+            compartment=unlock.number,
+        )
+
+    def _door_closed(self, number: int) -> None:
+        self._cancel("door_alarm", number)
+        unlock = self.awaiting_close.pop(number, None)
+        with self._unit() as session:
+            self._compartment(session, number, door_open=False)
+            self.audit.record(
+                session, self.clock, self.actor, "door.closed", details={"compartment": number}
+            )
+            if number in self.alarms:
+                alarm = self.alarms.pop(number)
+                self._compartment(session, number, alarm=None)
+                self.audit.record(
+                    session,
+                    self.clock,
+                    self.actor,
+                    "door.alarm_cleared",
+                    details={"compartment": number, "alarm": alarm["kind"]},
+                )
+                if not self.alarms:
+                    self._show_idle()
+            if unlock is not None:
+                self._door_closed_after_unlock(session, unlock)
+        if unlock is not None and unlock.purpose in ("deposit", "reconfirm", "confiscation"):
+            self._signal("ok")
+        elif not self.alarms:
+            self._indicate("idle")
+
+    def _door_closed_after_unlock(self, session: Session, unlock: Unlock) -> None:
+        record = session.get(CustodyRecord, unlock.custody_id) if unlock.custody_id else None
+        if (
+            unlock.purpose == "deposit"
+            and record is not None
+            and record.state is CustodyState.PENDING_DEPOSIT
+        ):
+            self.ledger.confirm_deposit(session, self.actor, self.clock, record)
+            self._cancel("pending", record.id)
+            self._show(
+                "ok",
+                "Locked away",
+                f"Compartment {unlock.number}. Have a good day!",
+                name=unlock.name,
+                compartment=unlock.number,
+            )
+        elif unlock.purpose == "reconfirm" and record is not None and record.flag:
+            self.ledger.clear_flag(
+                session,
+                self.actor,
+                self.clock,
+                record,
+                note="the pupil opened and closed the compartment again",
+            )
+            self._show(
+                "ok",
+                "Locked away",
+                f"Compartment {unlock.number}. Have a good day!",
+                name=unlock.name,
+                compartment=unlock.number,
+            )
+        elif (
+            unlock.purpose == "confiscation"
+            and record is not None
+            and record.state in (CustodyState.CONFISCATED, CustodyState.SAFEGUARDING_HOLD)
+        ):
+            self.ledger.mark_stored(session, self.actor, self.clock, record)
+            self._show(
+                "ok",
+                "Device secured",
+                f"Secure compartment {unlock.number} is locked.",
+                compartment=unlock.number,
+            )
+        elif unlock.purpose == "collect":
+            self._show("ok", "Thank you", "See you tomorrow!", name=unlock.name)
+
+    def _timer_door_alarm(self, number: int) -> None:
+        if not self.cabinet.doors[number].is_open or number in self.alarms:
+            return
+        with self._unit() as session:
+            self._raise_alarm(session, number, "door_open")
+            unlock = self.awaiting_close.get(number)
+            record = (
+                session.get(CustodyRecord, unlock.custody_id)
+                if unlock and unlock.custody_id
+                else None
+            )
+            if record is not None and record.state is CustodyState.PENDING_DEPOSIT:
+                # The device is most likely inside: keep it, and tell the office.
+                self.ledger.confirm_deposit(
+                    session, self.actor, self.clock, record, how="door left open"
+                )
+                self.ledger.flag(
+                    session,
+                    self.actor,
+                    self.clock,
+                    record,
+                    flag=FLAG_DOOR_LEFT_OPEN,
+                    detail=f"compartment {number} was left open after the deposit",
+                )
+                self._cancel("pending", record.id)
+                unlock.purpose = "left_open"
+
+    def _raise_alarm(self, session: Session, number: int, kind: str) -> None:
+        self.alarms[number] = {
+            "compartment": number,
+            "kind": kind,
+            "since": self.clock.now().isoformat(),
+        }
+        self._compartment(session, number, alarm=kind)
+        event = "door.forced" if kind == "forced" else "door.left_open"
+        self.audit.record(session, self.clock, self.actor, event, details={"compartment": number})
+        title = "Door forced open" if kind == "forced" else "Please close the door"
+        self._show("alarm", title, f"Compartment {number}.", compartment=number, hold_s=0)
+        self._indicate("alarm", beep="alarm")
+
+    # ======================================================================== deadlines
+
+    def _timer_pending(self, record_id: int) -> None:
+        """A deposit's deadline passed: settle it if the pulse-end did not."""
+        with self._unit() as session:
+            record = session.get(CustodyRecord, record_id)
+            if record is None or record.state is not CustodyState.PENDING_DEPOSIT:
+                return
+            number = record.compartment.number
+            if number in self.awaiting_close or number in self.unlocks:
+                return  # the door is open or opening: its close or alarm settles it
+            self.ledger.cancel_deposit(
+                session, self.actor, self.clock, record, reason="the door was not opened in time"
+            )
+
+    # ======================================================================== commands
+
+    def _poll_commands(self) -> None:
+        with self.db.reader() as session:
+            if not commands.has_pending(session, self.kiosk_id):
+                return
+        while True:
+            with self.db.transaction() as session:
+                command = commands.claim_next(session, self.kiosk_id, self.clock)
+                if command is None:
+                    return
+                command_id, kind, payload = command.id, command.kind, dict(command.payload)
+            self._run_command(command_id, kind, payload)
+
+    def _run_command(self, command_id: int, kind: str, payload: dict[str, Any]) -> None:
+        """Execute a claimed command; every path ends in a result or an error."""
+        try:
+            handler: Callable[[int, dict[str, Any]], dict[str, Any] | None] = getattr(
+                self, f"_command_{kind.replace('.', '_')}"
+            )
+            result = handler(command_id, payload)
+        except (LockerError, HardwareError, KeyError, ValueError) as exc:
+            with self._unit() as session:
+                self._finish_command(session, command_id, error=str(exc) or type(exc).__name__)
+            return
+        if result is not None:  # finished at once; otherwise later (door, card)
+            with self._unit() as session:
+                self._finish_command(session, command_id, result=result)
+
+    def _finish_command(
+        self,
+        session: Session,
+        command_id: int | None,
+        *,
+        result: dict[str, Any] | None = None,
+        error: str | None = None,
+    ) -> None:
+        if command_id is None:
+            return
+        command = session.get(Command, command_id)
+        if command is not None and command.status is CommandStatus.RUNNING:
+            commands.finish(
+                session, self.actor, self.clock, self.audit, command, result=result, error=error
+            )
+
+    def _command_open_compartment(self, command_id: int, payload: dict[str, Any]) -> None:
+        number = payload["compartment"]
+        if number not in self.compartment_ids:
+            raise ValueError(f"this kiosk has no compartment {number}")
+        if number in self.unlocks:
+            raise ValueError(f"compartment {number} is already opening")
+        self._start_unlock(
+            Unlock(number, payload.get("purpose", "office"), payload.get("custody_id"), command_id)
+        )
+        return None
+
+    def _command_open_all(self, command_id: int, _payload: dict[str, Any]) -> None:
+        if self.open_all is not None:
+            raise ValueError("open all is already running")
+        numbers = deque(sorted(self.compartment_ids))
+        self.open_all = OpenAll(command_id, numbers)
+        with self._unit() as session:
+            self.audit.record(
+                session,
+                self.clock,
+                self.actor,
+                "emergency.open_all",
+                details={"compartments": len(numbers), "command": command_id},
+            )
+            self._show("alarm", "Opening every compartment", "Please stand back.", hold_s=0)
+        self._open_all_next(None, opened=True)
+        return None
+
+    def _open_all_next(self, finished: int | None, *, opened: bool) -> None:
+        batch = self.open_all
+        if batch is None:
+            return
+        if finished is not None and finished in batch.in_flight:
+            batch.in_flight.discard(finished)
+            (batch.opened if opened else batch.failed).append(finished)
+        limit = max(1, self.cabinet.spec.max_concurrent_unlocks)
+        while batch.waiting and len(batch.in_flight) < limit:
+            number = batch.waiting.popleft()
+            if number in self.unlocks or number not in self.cabinet.locks:
+                batch.failed.append(number)
+                continue
+            batch.in_flight.add(number)
+            self._start_unlock(Unlock(number, "open_all"))
+        if not batch.waiting and not batch.in_flight:
+            self.open_all = None
+            with self._unit() as session:
+                self._finish_command(
+                    session,
+                    batch.command_id,
+                    result={"opened": sorted(batch.opened), "failed": sorted(batch.failed)},
+                )
+                self._show_idle()
+
+    def _command_enrol_next_card(self, command_id: int, payload: dict[str, Any]) -> None:
+        with self.db.reader() as session:
+            if "pupil_id" in payload:
+                pupil = session.get(Pupil, payload["pupil_id"])
+                if pupil is None:
+                    raise ValueError(f"no pupil {payload['pupil_id']}")
+                label = self.policy.display_name(pupil)
+            else:
+                user = session.get(User, payload["user_id"])
+                if user is None:
+                    raise ValueError(f"no user {payload['user_id']}")
+                label = user.display_name
+        self.mode = Mode(
+            "enrol",
+            self.clock.monotonic() + ENROL_WAIT_S,
+            enrol_pupil_id=payload.get("pupil_id"),
+            enrol_user_id=payload.get("user_id"),
+            enrol_label=label,
+            command_id=command_id,
+        )
+        self._after(ENROL_WAIT_S, "mode_end")
+        with self._unit():
+            self._show("info", "Tap the new card", f"For {label}.", hold_s=ENROL_WAIT_S)
+        return None
+
+    def _simulator(self) -> Any:
+        if self.cabinet.sim is None:
+            raise ValueError("this kiosk has real hardware, not a simulator")
+        return self.cabinet.sim
+
+    def _command_sim_tap(self, _command_id: int, payload: dict[str, Any]) -> dict[str, Any]:
+        self._simulator().tap(payload["uid"].replace(":", ""))
+        return {"tapped": payload["uid"]}
+
+    def _command_sim_door(self, _command_id: int, payload: dict[str, Any]) -> dict[str, Any]:
+        sim, number = self._simulator(), payload["compartment"]
+        if number not in self.compartment_ids:
+            raise ValueError(f"this kiosk has no compartment {number}")
+        if payload["open"]:
+            sim.open_door(number)
+        else:
+            sim.close_door(number)
+        return {"compartment": number, "open": sim.door_is_open(number)}
+
+    def _command_sim_fault(self, _command_id: int, payload: dict[str, Any]) -> dict[str, Any]:
+        sim, fault, on = self._simulator(), payload["fault"], payload["on"]
+        if fault.startswith("reader_"):
+            sim.reader_fault(fault.removeprefix("reader_") if on else None)
+        elif fault == "jam_lock":
+            sim.jam_lock(payload["compartment"], on)
+        elif fault == "stick_door_open":
+            sim.stick_door_open(payload["compartment"], on)
+        return {"fault": fault, "on": on}
+
+    # ======================================================================== reconciliation
+
+    def _reconcile(self) -> None:
+        """Bring the database and the cabinet into agreement after a (re)start."""
+        summary: dict[str, int] = {
+            "abandoned_commands": 0,
+            "confirmed_open": 0,
+            "flagged": 0,
+            "doors_open": 0,
+        }
+        with self._unit() as session:
+            summary["abandoned_commands"] = commands.fail_abandoned(
+                session, self.clock, self.kiosk_id, "the kiosk restarted during this command"
+            )
+            open_doors = {
+                number
+                for number, door in self.cabinet.doors.items()
+                if door.is_open and number in self.compartment_ids
+            }
+            for number, compartment_id in self.compartment_ids.items():
+                session.execute(
+                    update(Compartment)
+                    .where(Compartment.id == compartment_id)
+                    .values(door_open=number in open_doors, alarm=None)
+                )
+            records = (
+                session.execute(
+                    select(CustodyRecord)
+                    .join(Compartment, Compartment.id == CustodyRecord.compartment_id)
+                    .where(
+                        Compartment.kiosk_id == self.kiosk_id,
+                        CustodyRecord.state.in_(
+                            [
+                                CustodyState.PENDING_DEPOSIT,
+                                CustodyState.CONFISCATED,
+                                CustodyState.SAFEGUARDING_HOLD,
+                            ]
+                        ),
+                    )
+                )
+                .scalars()
+                .all()
+            )
+            waiting = set()
+            for record in records:
+                number = record.compartment.number
+                if record.state is CustodyState.PENDING_DEPOSIT:
+                    if number in open_doors:
+                        self.awaiting_close[number] = Unlock(
+                            number,
+                            "deposit",
+                            record.id,
+                            door_opened=True,
+                            name=self.policy.display_name(record.pupil),
+                        )
+                        waiting.add(number)
+                        summary["confirmed_open"] += 1
+                    else:
+                        self.ledger.confirm_deposit(
+                            session, self.actor, self.clock, record, how="kiosk restart: unverified"
+                        )
+                        self.ledger.flag(
+                            session,
+                            self.actor,
+                            self.clock,
+                            record,
+                            flag=FLAG_UNVERIFIED,
+                            detail=f"the kiosk restarted before compartment {number} was seen "
+                            "to close; the pupil can re-tap to confirm, or the office "
+                            "can open it to check",
+                        )
+                        summary["flagged"] += 1
+                elif record.stored_at is None:
+                    if number in open_doors:
+                        self.awaiting_close[number] = Unlock(
+                            number, "confiscation", record.id, door_opened=True
+                        )
+                        waiting.add(number)
+                    elif record.flag is None:
+                        self.ledger.flag(
+                            session,
+                            self.actor,
+                            self.clock,
+                            record,
+                            flag=FLAG_CHECK,
+                            detail=f"the kiosk restarted before secure compartment {number} "
+                            "was seen to close: check the device is inside",
+                        )
+                        summary["flagged"] += 1
+            for number in sorted(open_doors - waiting):
+                self._raise_alarm(session, number, "door_open")
+            for number in open_doors:
+                self._after(self.config.door_open_alarm_s, "door_alarm", number)
+            summary["doors_open"] = len(open_doors)
+            commands.cancel_stale(session, self.clock, self.kiosk_id)
+            self.audit.record(
+                session,
+                self.clock,
+                self.actor,
+                "kiosk.started",
+                details={"hardware": self.cabinet.backend, **summary},
+            )
+        log.info("reconciled at start: %s", summary)
+
+    # ======================================================================== heartbeat
+
+    def _heartbeat(self) -> None:
+        self._next_heartbeat = self.clock.monotonic() + self.config.heartbeat_s
+        now = self.clock.now()
+        with self._unit() as session:
+            session.execute(update(Kiosk).where(Kiosk.id == self.kiosk_id).values(heartbeat_at=now))
+            commands.cancel_stale(session, self.clock, self.kiosk_id)
+            today = self.policy.school_day(now)
+            if self._swept_day != today and now >= self.policy.end_of_day(today):
+                self.ledger.flag_uncollected(session, self.actor, self.clock)
+                self._swept_day = today
+        self.notifier.status(self._status_line())
+
+    def _status_line(self) -> str:
+        faults = "; ".join(self.faults.values())
+        return f"kiosk {self.config.name}: " + (f"FAULT {faults}" if faults else "ok")
+
+    # ======================================================================== screen, state
+
+    def _show(
+        self,
+        tone: str,
+        title: str,
+        message: str = "",
+        *,
+        name: str | None = None,
+        compartment: int | None = None,
+        hold_s: float | None = None,
+    ) -> None:
+        self._screen_seq += 1
+        self.screen = {
+            "seq": self._screen_seq,
+            "tone": tone,
+            "title": title,
+            "message": message,
+            "name": name or None,
+            "compartment": compartment,
+            "at": self.clock.now().isoformat(),
+        }
+        hold = SCREEN_HOLD_S if hold_s is None else hold_s
+        if hold > 0:
+            self._after(hold, "screen_idle", self._screen_seq)
+
+    def _show_idle(self) -> None:
+        if self.faults:
+            self._show("alarm", "Out of order", "Please see the school office.", hold_s=0)
+        elif self.alarms:
+            number = next(iter(self.alarms))
+            self._show(
+                "alarm",
+                "Please close the door",
+                f"Compartment {number}.",
+                hold_s=0,
+                compartment=number,
+            )
+        else:
+            self._show("idle", "Tap your card", "", hold_s=0)
+
+    def _timer_screen_idle(self, seq: int) -> None:
+        if seq == self._screen_seq and self.mode.name == "pupil":
+            with self._unit():
+                self._show_idle()
+
+    def _state(self, status: str | None = None) -> dict[str, Any]:
+        return {
+            "status": status or ("fault" if self.faults else "ok"),
+            "faults": list(self.faults.values()),
+            "mode": self.mode.name,
+            "hardware": self.cabinet.backend,
+            "started_at": self._started_at.isoformat(),
+            "screen": self.screen,
+            "alarms": list(self.alarms.values()),
+        }
+
+    def _write_state(self, session: Session, status: str | None = None) -> None:
+        session.execute(
+            update(Kiosk).where(Kiosk.id == self.kiosk_id).values(state=self._state(status))
+        )
+
+    def _compartment(self, session: Session, number: int, **values: Any) -> None:
+        session.execute(
+            update(Compartment)
+            .where(Compartment.id == self.compartment_ids[number])
+            .values(updated_at=self.clock.now(), **values)
+        )
+
+    # ======================================================================== faults, signals
+
+    def _set_fault(self, key: str, message: str) -> None:
+        first = key not in self.faults
+        self.faults[key] = message
+        if not first:
+            return
+        log.error("kiosk fault: %s", message)
+        try:
+            with self._unit() as session:
+                self.audit.record(
+                    session,
+                    self.clock,
+                    self.actor,
+                    "kiosk.fault",
+                    details={"fault": key, "message": message},
+                )
+                self._show_idle()
+        except SQLAlchemyError:
+            log.exception("could not record the fault")
+        self._indicate("error")
+
+    def _clear_fault(self, key: str) -> None:
+        if self.faults.pop(key, None) is None:
+            return
+        log.info("kiosk fault cleared: %s", key)
+        with self._unit() as session:
+            self.audit.record(
+                session, self.clock, self.actor, "kiosk.fault_cleared", details={"fault": key}
+            )
+            self._show_idle()
+        self._indicate("idle")
+
+    def _database_fault(self, exc: Exception) -> None:
+        self.faults["database"] = f"database: {type(exc).__name__}"
+        self._show("alarm", "Out of order", "Please see the school office.", hold_s=0)
+        self._indicate("error", beep="refused")
+
+    def _signal(self, tone: str) -> None:
+        if tone == "ok":
+            self._indicate("ok", beep="ok")
+        elif tone == "refused":
+            self._indicate("refused", beep="refused")
+
+    def _indicate(self, state: str, beep: str | None = None) -> None:
+        try:
+            self.cabinet.indicators.status(state)
+            if beep:
+                self.cabinet.indicators.beep(beep)
+        except HardwareError as exc:
+            log.warning("indicators: %s", exc)
