@@ -788,8 +788,10 @@ def _parse_compartments(raw: object, key: str) -> dict[int, CompartmentSpec]:
 PI_LOCK_PINS = (17, 27, 22, 13, 19, 26)
 #: Door inputs of small cabinets.
 PI_DOOR_PINS = (5, 6, 23, 24, 18, 4)
-#: The Pi pin shared by the INTA outputs of generated expanders.
-DEFAULT_INT_PIN = 4
+#: The Pi pins carrying the INTA outputs of generated expanders: the eight expanders of one
+#: I2C bus share one pin, so a door edge is serviced by reading at most eight chips.
+DEFAULT_INT_PINS = (4, 5, 6, 13, 19, 26, 27, 22)
+DEFAULT_INT_PIN = DEFAULT_INT_PINS[0]
 COMPARTMENTS_PER_EXPANDER = 8
 
 
@@ -799,7 +801,8 @@ def default_layout(count: int) -> CabinetSpec:
     Up to six compartments use the Pi's pins (locks on BCM 17, 27, 22, 13, 19, 26; doors on
     5, 6, 23, 24, 18, 4). More use MCP23017 expanders ``mcp0``, ``mcp1``, ...: eight
     compartments each, lock of the k-th on A(k), door on B(k); eight expanders per I2C bus
-    (addresses 0x20-0x27, buses 1, 2, ...), INTA of all of them wired to BCM 4.
+    (addresses 0x20-0x27, buses 1, 2, ...); the INTA outputs of one bus's expanders are
+    wired together to one Pi pin (bus 1: BCM 4, bus 2: BCM 5, then 6, 13, 19, 26, 27, 22).
     """
     if count < 1:
         raise HardwareConfigError("a cabinet has at least one compartment", key="compartments")
@@ -817,7 +820,7 @@ def default_layout(count: int) -> CabinetSpec:
             name=f"mcp{i}",
             bus=1 + i // 8,
             address=0x20 + i % 8,
-            int_pin=PinRef(None, DEFAULT_INT_PIN),
+            int_pin=PinRef(None, DEFAULT_INT_PINS[(i // 8) % len(DEFAULT_INT_PINS)]),
         )
         for i in range(n_exp)
     }

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from kiosk.actors import Actor
@@ -34,6 +34,30 @@ log = logging.getLogger(__name__)
 
 GENESIS_HASH = "0" * 64
 PURGE_KIND = "audit.purged"
+_HEAD_CACHE = "kiosk.audit.head"
+_EVENTS = AuditEvent.__table__
+_HEAD = AuditHead.__table__
+# Built once: statement construction costs more than execution on the tap path.
+_READ_HEAD = select(_HEAD.c.seq, _HEAD.c.hash).where(_HEAD.c.id == 1).with_for_update()
+_INSERT_EVENT = insert(_EVENTS)
+_MOVE_HEAD = (
+    update(_HEAD)
+    .where(_HEAD.c.id == 1)
+    .values(seq=bindparam("new_seq"), hash=bindparam("new_hash"), updated_at=bindparam("at"))
+)
+_COLUMNS = (
+    "seq",
+    "occurred_at",
+    "kind",
+    "actor",
+    "kiosk",
+    "custody_id",
+    "pupil_id",
+    "restricted",
+    "details",
+    "prev_hash",
+    "hash",
+)
 _ROW_FIELDS = (
     "id",
     "seq",
@@ -55,6 +79,23 @@ def canonical_json(value: Mapping[str, Any] | None) -> str:
     return json.dumps(
         value or {}, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str
     )
+
+
+@dataclass
+class RecordedEvent:
+    """An event as written (what :meth:`AuditTrail.record` returns)."""
+
+    seq: int
+    occurred_at: datetime
+    kind: str
+    actor: str
+    kiosk: str | None
+    custody_id: int | None
+    pupil_id: int | None
+    restricted: bool
+    details: str
+    prev_hash: str
+    hash: str
 
 
 @dataclass(frozen=True)
@@ -136,21 +177,28 @@ class AuditTrail:
         pupil_id: int | None = None,
         details: Mapping[str, Any] | None = None,
         restricted: bool = False,
-    ) -> AuditEvent:
+    ) -> RecordedEvent:
         """Append one event in the caller's transaction (it commits or rolls back with it).
 
         ``restricted`` marks safeguarding details that only the DSL and admin may read.
+        Three statements (lock and read the head, insert, move the head), no ORM objects:
+        this runs on every tap.
         """
-        head = session.execute(
-            select(AuditHead)
-            .where(AuditHead.id == 1)
-            .with_for_update()
-            .execution_options(populate_existing=True)
-        ).scalar_one()
-        now = clock.now()
-        event = AuditEvent(
-            seq=head.seq + 1,
-            occurred_at=now,
+        if session.new or session.dirty or session.deleted:
+            session.flush()  # pending ORM changes first, so the event follows what it records
+        connection = session.connection()
+        # The head is read (and locked) once per transaction or savepoint: the cache is keyed
+        # by the innermost transaction, so leaving a savepoint (released or rolled back)
+        # always reads the head again and a rolled-back event can never be chained to.
+        scope = session.get_nested_transaction() or session.get_transaction()
+        cached = session.info.get(_HEAD_CACHE)
+        if cached is not None and cached[0] is scope:
+            seq, prev_hash = cached[1], cached[2]
+        else:
+            seq, prev_hash = connection.execute(_READ_HEAD).one()
+        event = RecordedEvent(
+            seq=seq + 1,
+            occurred_at=clock.now(),
             kind=kind,
             actor=actor.label,
             kiosk=kiosk if kiosk is not None else actor.kiosk,
@@ -158,12 +206,16 @@ class AuditTrail:
             pupil_id=pupil_id,
             restricted=restricted,
             details=canonical_json(details),
-            prev_hash=head.hash,
+            prev_hash=prev_hash,
+            hash="",
         )
-        event.hash = self._hash_of(event, head.hash)
-        session.add(event)
-        head.seq, head.hash, head.updated_at = event.seq, event.hash, now
-        session.flush()
+        event.hash = self._hash_of(event, prev_hash)
+        connection.execute(_INSERT_EVENT, {name: getattr(event, name) for name in _COLUMNS})
+        connection.execute(
+            _MOVE_HEAD,
+            {"new_seq": event.seq, "new_hash": event.hash, "at": event.occurred_at},
+        )
+        session.info[_HEAD_CACHE] = (scope, event.seq, event.hash)
         return event
 
     # ------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -36,6 +36,7 @@ from hardware.errors import HardwareError, LockBusy
 from hardware.interfaces import DoorEvent, PulseEnd, Tap
 from kiosk import cabinets, cards, commands
 from kiosk.actors import Actor
+from kiosk.custody import RecordRef
 from kiosk.errors import LockerError
 from kiosk.instance import Instance
 from kiosk.models import (
@@ -49,9 +50,18 @@ from kiosk.models import (
     PupilStatus,
     User,
 )
+from kiosk.pupils import PupilRef
 from kiosk.systemd import Notifier
+from kiosk.users import StaffRef
 
 log = logging.getLogger(__name__)
+
+_COMPARTMENT_UPDATES: dict[tuple[str, ...], Any] = {}
+_PUBLISH_STATE = (
+    update(Kiosk.__table__)
+    .where(Kiosk.__table__.c.id == bindparam("kiosk_id"))
+    .values(state=bindparam("state"))
+)
 
 FLAG_UNVERIFIED = "unverified"
 FLAG_CHECK = "check"
@@ -118,16 +128,23 @@ class Wake:
 
 @dataclass
 class Unlock:
-    """A compartment being opened, and why."""
+    """A compartment being opened, and why: the record it is for (as the kiosk last knew
+    it), who asked, and what the door has done since."""
 
     number: int
     purpose: str  # deposit, reconfirm, collect, confiscation, release, office, check, open_all
-    custody_id: int | None = None
+    record: RecordRef | None = None
     command_id: int | None = None
     name: str = ""
+    actor: Actor | None = None
+    custody_id: int | None = None  # a record named by a command (not loaded)
     door_opened: bool = False
     attempts: int = 0
     energised: bool = False
+
+    def __post_init__(self) -> None:
+        if self.record is not None:
+            self.custody_id = self.record.id
 
 
 @dataclass
@@ -193,6 +210,9 @@ class Controller:
         self._swept_day: date | None = None
         self._started_at = clock.now()
         self.kiosk_id = 0
+        self._kiosk: Kiosk | None = None
+        self._published: dict[str, Any] | None = None
+        self.failed_unlocks: dict[int, int] = {}
         self.compartment_ids: dict[int, int] = {}
         self.stopped = False
 
@@ -203,11 +223,19 @@ class Controller:
         with self.db.transaction() as session:
             kiosk, _ = cabinets.register(session, self.actor, self.clock, self.audit, self.config)
             self.kiosk_id = kiosk.id
+            self._kiosk = kiosk
             self.compartment_ids = dict(
                 session.execute(
                     select(Compartment.number, Compartment.id).where(
                         Compartment.kiosk_id == kiosk.id,
                         Compartment.number <= self.config.compartments,
+                    )
+                ).all()
+            )
+            self.failed_unlocks = dict(
+                session.execute(
+                    select(Compartment.number, Compartment.failed_unlocks).where(
+                        Compartment.kiosk_id == kiosk.id, Compartment.failed_unlocks > 0
                     )
                 ).all()
             )
@@ -347,6 +375,11 @@ class Controller:
     def _cancel(self, name: str, key: Any = None) -> None:
         self._timer_keys.pop((name, key), None)
 
+    def _kiosk_in(self, session: Session) -> Kiosk:
+        """This kiosk's row, attached to ``session`` without a query."""
+        assert self._kiosk is not None
+        return session.merge(self._kiosk, load=False)
+
     @contextmanager
     def _unit(self) -> Iterator[Session]:
         """One unit of work that also publishes the kiosk's state (screen, alarms)."""
@@ -362,7 +395,7 @@ class Controller:
         unlock: Unlock | None = None
         tone = "refused"
         with self._unit() as session:
-            card = cards.find_active(session, self.instance.card_key, tap.uid)
+            card = cards.holder_of(session, self.instance.card_key, tap.uid)
             holder = "unknown"
             if self.mode.name == "enrol" and card is None:
                 tone = self._enrol_card(session, tap)
@@ -384,9 +417,9 @@ class Controller:
                 self.clock,
                 self.actor,
                 "tap",
-                pupil_id=card.pupil_id if card else None,
+                pupil_id=card.pupil.id if card and card.pupil else None,
                 details={
-                    "card": holder if card else "unknown",
+                    "card": holder,
                     "uid_ref": cards.uid_reference(cards.uid_hash(self.instance.card_key, tap.uid)),
                     "outcome": self.screen.get("title", ""),
                     "mode": self.mode.name,
@@ -396,40 +429,26 @@ class Controller:
             self._start_unlock(unlock)
         self._signal(tone)
 
-    def _pupil_tap(self, session: Session, pupil: Pupil) -> tuple[Unlock | None, str]:
+    def _pupil_tap(self, session: Session, pupil: PupilRef) -> tuple[Unlock | None, str]:
+        """A pupil's card in pupil mode: collect, deposit, or say why not."""
         name = self.policy.display_name(pupil)
+        who = Actor.for_pupil(pupil, self.config.name)
         if pupil.status is not PupilStatus.ACTIVE:
             self._show("refused", "Card not active", "Please see the school office.")
             return None, "refused"
         now = self.clock.now()
-        kiosk = session.get(Kiosk, self.kiosk_id)
-        daily = self.ledger.active_daily(session, pupil.id)
-        if (
-            daily is not None
-            and daily.compartment is not None
-            and daily.compartment.kiosk_id != self.kiosk_id
-        ):
+        daily = self.ledger.daily_ref(session, pupil.id)
+        if daily is not None and daily.kiosk != self.config.name:
             self._show(
                 "refused",
                 f"Hello {name}",
-                f"Your device is in another cabinet ({daily.kiosk.label}).",
+                f"Your device is in another cabinet ({daily.kiosk}).",
                 name=name,
             )
             return None, "refused"
-        if daily is not None and daily.state is CustodyState.PENDING_DEPOSIT:
-            number = daily.compartment.number
-            if number in self.unlocks or number in self.awaiting_close:
-                self._show(
-                    "info",
-                    f"Compartment {number}",
-                    "Put your device in and close the door.",
-                    name=name,
-                    compartment=number,
-                )
-                return None, "ok"
-            return Unlock(number, "deposit", daily.id, name=name), "ok"
-        if daily is not None:  # IN_LOCKER
-            number = daily.compartment.number
+        if daily is not None:
+            number = daily.compartment
+            assert number is not None
             if number in self.unlocks or number in self.awaiting_close:
                 self._show(
                     "info",
@@ -439,7 +458,10 @@ class Controller:
                     compartment=number,
                 )
                 return None, "ok"
-            if daily.flag == FLAG_UNVERIFIED and self.policy.in_deposit_window(now):
+            if daily.state is CustodyState.PENDING_DEPOSIT or (
+                daily.flag == FLAG_UNVERIFIED and self.policy.in_deposit_window(now)
+            ):
+                purpose = "deposit" if daily.state is CustodyState.PENDING_DEPOSIT else "reconfirm"
                 self._show(
                     "ok",
                     f"Compartment {number}",
@@ -447,11 +469,9 @@ class Controller:
                     name=name,
                     compartment=number,
                 )
-                return Unlock(number, "reconfirm", daily.id, name=name), "ok"
+                return Unlock(number, purpose, daily, name=name, actor=who), "ok"
             try:
-                self.ledger.check_collect(
-                    session, Actor.for_pupil(pupil, self.config.name), self.clock, daily
-                )
+                self.ledger.check_collect(session, who, self.clock, daily)
             except LockerError as exc:
                 self._show("refused", f"Hello {name}", str(exc).capitalize() + ".", name=name)
                 return None, "refused"
@@ -462,13 +482,11 @@ class Controller:
                 name=name,
                 compartment=number,
             )
-            return Unlock(number, "collect", daily.id, name=name), "ok"
-        held = [
-            r
-            for r in self.ledger.active_records(session, pupil.id)
-            if r.state in (CustodyState.CONFISCATED, CustodyState.SAFEGUARDING_HOLD)
-        ]
-        if held and not self.policy.in_deposit_window(now):
+            return Unlock(number, "collect", daily, name=name, actor=who), "ok"
+        if not self.policy.in_deposit_window(now) and any(
+            record.state in (CustodyState.CONFISCATED, CustodyState.SAFEGUARDING_HOLD)
+            for record in self.ledger.active_records(session, pupil.id)
+        ):
             self._show(
                 "refused",
                 f"Hello {name}",
@@ -479,20 +497,20 @@ class Controller:
         if "wiring" in self.faults or "hardware" in self.faults:
             self._show("refused", "Kiosk fault", "Please see the school office.")
             return None, "refused"
-        try:
-            with session.begin_nested():
-                record = self.ledger.start_deposit(
-                    session,
-                    Actor.for_pupil(pupil, self.config.name),
-                    self.clock,
-                    pupil=pupil,
-                    kiosk=kiosk,
-                    timeout_s=self.config.deposit_timeout_s,
-                )
+        try:  # start_deposit checks everything before it writes anything
+            record = self.ledger.start_deposit(
+                session,
+                who,
+                self.clock,
+                pupil=pupil,
+                kiosk=self._kiosk_in(session),
+                timeout_s=self.config.deposit_timeout_s,
+            )
         except LockerError as exc:
             self._show("refused", f"Hello {name}", str(exc).capitalize() + ".", name=name)
             return None, "refused"
-        number = record.compartment.number
+        number = record.compartment
+        assert number is not None and record.pending_until is not None
         self._show(
             "ok",
             f"Compartment {number}",
@@ -501,9 +519,9 @@ class Controller:
             compartment=number,
         )
         self._after(max(0.0, (record.pending_until - now).total_seconds()), "pending", record.id)
-        return Unlock(number, "deposit", record.id, name=name), "ok"
+        return Unlock(number, "deposit", record, name=name, actor=who), "ok"
 
-    def _staff_tap(self, session: Session, user: User) -> str:
+    def _staff_tap(self, session: Session, user: StaffRef) -> str:
         if not user.active:
             self._show("refused", "Card not active", "Please see the school office.")
             return "refused"
@@ -529,7 +547,7 @@ class Controller:
         )
         return "ok"
 
-    def _confiscate_at_kiosk(self, session: Session, pupil: Pupil) -> tuple[Unlock | None, str]:
+    def _confiscate_at_kiosk(self, session: Session, pupil: PupilRef) -> tuple[Unlock | None, str]:
         staff = session.get(User, self.mode.staff_user_id)
         self._end_mode()
         if staff is None or not staff.active:
@@ -544,7 +562,7 @@ class Controller:
                     self.clock,
                     pupil=pupil,
                     reason=f"confiscated at kiosk {self.config.name} by {staff.display_name}",
-                    kiosk=session.get(Kiosk, self.kiosk_id),
+                    kiosk=self._kiosk_in(session),
                 )
         except LockerError as exc:
             self._show("refused", "Cannot confiscate", str(exc).capitalize() + ".")
@@ -556,7 +574,7 @@ class Controller:
             f"Put {name}'s device in and close the door.",
             compartment=number,
         )
-        return Unlock(number, "confiscation", record.id, name=name), "ok"
+        return Unlock(number, "confiscation", RecordRef.of(record), name=name), "ok"
 
     def _enrol_card(self, session: Session, tap: Tap) -> str:
         pupil = session.get(Pupil, self.mode.enrol_pupil_id) if self.mode.enrol_pupil_id else None
@@ -629,9 +647,10 @@ class Controller:
             return
         opened = event.door_opened or unlock.door_opened or event.number in self.awaiting_close
         if opened:
-            with self._unit() as session:
-                self._compartment(session, event.number, failed_unlocks=0)
-                if unlock.purpose in COMMAND_RESULT_PURPOSES or unlock.purpose == "open_all":
+            if self.failed_unlocks.get(event.number) or unlock.command_id is not None:
+                with self._unit() as session:
+                    if self.failed_unlocks.pop(event.number, 0):
+                        self._compartment(session, event.number, failed_unlocks=0)
                     self._finish_command(
                         session,
                         unlock.command_id,
@@ -647,6 +666,7 @@ class Controller:
         with self._unit() as session:
             compartment = session.get(Compartment, self.compartment_ids[unlock.number])
             compartment.failed_unlocks += 1
+            self.failed_unlocks[unlock.number] = compartment.failed_unlocks
             compartment.updated_at = self.clock.now()
             if (
                 compartment.failed_unlocks >= self.config.out_of_service_after
@@ -759,16 +779,14 @@ class Controller:
         self._after(self.config.door_open_alarm_s, "door_alarm", number)
 
     def _collected(self, session: Session, unlock: Unlock) -> None:
-        record = session.get(CustodyRecord, unlock.custody_id)
+        """The door opened for a collection: the device is the pupil's again."""
+        record = unlock.record
         if record is None or record.state is not CustodyState.IN_LOCKER:
             return
-        pupil = record.pupil
         try:
             with session.begin_nested():
-                self.ledger.collect(
-                    session, Actor.for_pupil(pupil, self.config.name), self.clock, record
-                )
-        except LockerError as exc:  # the window closed between tap and door
+                self.ledger.collect(session, unlock.actor or self.actor, self.clock, record)
+        except LockerError as exc:  # the window closed, or the office acted, meanwhile
             log.warning("collection of record %s not recorded: %s", record.id, exc)
             self.ledger.flag(
                 session,
@@ -815,50 +833,45 @@ class Controller:
             self._indicate("idle")
 
     def _door_closed_after_unlock(self, session: Session, unlock: Unlock) -> None:
-        record = session.get(CustodyRecord, unlock.custody_id) if unlock.custody_id else None
-        if (
-            unlock.purpose == "deposit"
-            and record is not None
-            and record.state is CustodyState.PENDING_DEPOSIT
-        ):
-            self.ledger.confirm_deposit(session, self.actor, self.clock, record)
-            self._cancel("pending", record.id)
-            self._show(
-                "ok",
-                "Locked away",
-                f"Compartment {unlock.number}. Have a good day!",
-                name=unlock.name,
-                compartment=unlock.number,
-            )
-        elif unlock.purpose == "reconfirm" and record is not None and record.flag:
-            self.ledger.clear_flag(
-                session,
-                self.actor,
-                self.clock,
-                record,
-                note="the pupil opened and closed the compartment again",
-            )
-            self._show(
-                "ok",
-                "Locked away",
-                f"Compartment {unlock.number}. Have a good day!",
-                name=unlock.name,
-                compartment=unlock.number,
-            )
-        elif (
-            unlock.purpose == "confiscation"
-            and record is not None
-            and record.state in (CustodyState.CONFISCATED, CustodyState.SAFEGUARDING_HOLD)
-        ):
-            self.ledger.mark_stored(session, self.actor, self.clock, record)
-            self._show(
-                "ok",
-                "Device secured",
-                f"Secure compartment {unlock.number} is locked.",
-                compartment=unlock.number,
-            )
-        elif unlock.purpose == "collect":
-            self._show("ok", "Thank you", "See you tomorrow!", name=unlock.name)
+        record = unlock.record
+        if record is None and unlock.custody_id is not None:  # opened by a command
+            loaded = session.get(CustodyRecord, unlock.custody_id)
+            record = RecordRef.of(loaded) if loaded is not None else None
+        locked_away = ("Locked away", f"Compartment {unlock.number}. Have a good day!")
+        try:
+            if (
+                unlock.purpose == "deposit"
+                and record is not None
+                and record.state is CustodyState.PENDING_DEPOSIT
+            ):
+                self.ledger.confirm_deposit(session, self.actor, self.clock, record)
+                self._cancel("pending", record.id)
+                self._show("ok", *locked_away, name=unlock.name, compartment=unlock.number)
+            elif unlock.purpose == "reconfirm" and record is not None and record.flag:
+                self.ledger.clear_flag(
+                    session,
+                    self.actor,
+                    self.clock,
+                    record,
+                    note="the pupil opened and closed the compartment again",
+                )
+                self._show("ok", *locked_away, name=unlock.name, compartment=unlock.number)
+            elif (
+                unlock.purpose == "confiscation"
+                and record is not None
+                and record.state in (CustodyState.CONFISCATED, CustodyState.SAFEGUARDING_HOLD)
+            ):
+                self.ledger.mark_stored(session, self.actor, self.clock, record)
+                self._show(
+                    "ok",
+                    "Device secured",
+                    f"Secure compartment {unlock.number} is locked.",
+                    compartment=unlock.number,
+                )
+            elif unlock.purpose == "collect":
+                self._show("ok", "Thank you", "See you tomorrow!", name=unlock.name)
+        except LockerError as exc:  # the office changed the record while the door was open
+            log.warning("compartment %d closed but record not updated: %s", unlock.number, exc)
 
     def _timer_door_alarm(self, number: int) -> None:
         if not self.cabinet.doors[number].is_open or number in self.alarms:
@@ -866,11 +879,7 @@ class Controller:
         with self._unit() as session:
             self._raise_alarm(session, number, "door_open")
             unlock = self.awaiting_close.get(number)
-            record = (
-                session.get(CustodyRecord, unlock.custody_id)
-                if unlock and unlock.custody_id
-                else None
-            )
+            record = unlock.record if unlock is not None else None
             if record is not None and record.state is CustodyState.PENDING_DEPOSIT:
                 # The device is most likely inside: keep it, and tell the office.
                 self.ledger.confirm_deposit(
@@ -967,7 +976,12 @@ class Controller:
         if number in self.unlocks:
             raise ValueError(f"compartment {number} is already opening")
         self._start_unlock(
-            Unlock(number, payload.get("purpose", "office"), payload.get("custody_id"), command_id)
+            Unlock(
+                number,
+                payload.get("purpose", "office"),
+                custody_id=payload.get("custody_id"),
+                command_id=command_id,
+            )
         )
         return None
 
@@ -1118,7 +1132,7 @@ class Controller:
                         self.awaiting_close[number] = Unlock(
                             number,
                             "deposit",
-                            record.id,
+                            RecordRef.of(record),
                             door_opened=True,
                             name=self.policy.display_name(record.pupil),
                         )
@@ -1142,7 +1156,7 @@ class Controller:
                 elif record.stored_at is None:
                     if number in open_doors:
                         self.awaiting_close[number] = Unlock(
-                            number, "confiscation", record.id, door_opened=True
+                            number, "confiscation", RecordRef.of(record), door_opened=True
                         )
                         waiting.add(number)
                     elif record.flag is None:
@@ -1247,16 +1261,31 @@ class Controller:
         }
 
     def _write_state(self, session: Session, status: str | None = None) -> None:
-        session.execute(
-            update(Kiosk).where(Kiosk.id == self.kiosk_id).values(state=self._state(status))
-        )
+        """Publish the kiosk's state (screen, alarms, faults) if it changed."""
+        state = self._state(status)
+        if state != self._published:
+            session.connection().execute(
+                _PUBLISH_STATE, {"kiosk_id": self.kiosk_id, "state": state}
+            )
+            self._published = state
 
     def _compartment(self, session: Session, number: int, **values: Any) -> None:
-        session.execute(
-            update(Compartment)
-            .where(Compartment.id == self.compartment_ids[number])
-            .values(updated_at=self.clock.now(), **values)
-        )
+        """Update columns of one compartment (door, alarm, failures) with a pre-built
+        statement: this runs on every door edge."""
+        names = tuple(sorted(values))
+        statement = _COMPARTMENT_UPDATES.get(names)
+        if statement is None:
+            table = Compartment.__table__
+            statement = (
+                update(table)
+                .where(table.c.id == bindparam("compartment_id"))
+                .values({name: bindparam(f"new_{name}") for name in (*names, "updated_at")})
+            )
+            _COMPARTMENT_UPDATES[names] = statement
+        params = {f"new_{name}": value for name, value in values.items()}
+        params["new_updated_at"] = self.clock.now()
+        params["compartment_id"] = self.compartment_ids[number]
+        session.connection().execute(statement, params)
 
     # ======================================================================== faults, signals
 

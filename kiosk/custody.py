@@ -14,11 +14,12 @@ import enum
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, exists, func, insert, literal, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from kiosk import exemptions
 from kiosk.actors import STAFF_ROLES, Actor, ActorRole
@@ -42,8 +43,8 @@ from kiosk.models import (
     CustodyRecord,
     CustodyState,
     Kiosk,
-    Pupil,
     PupilStatus,
+    sql_in,
 )
 from kiosk.policy import Policy
 from kiosk.text import clean_text
@@ -179,9 +180,167 @@ STATE_LABELS: dict[CustodyState, str] = {
 }
 
 
+# Pre-built statements for the tap-to-unlock path: building a statement costs more than
+# running it, and constant enum filters are plain SQL rather than bound, type-processed values.
+_RECORDS = CustodyRecord.__table__
+_COMPARTMENTS = Compartment.__table__
+_IS_ACTIVE = f"custody_records.state IN {sql_in(ACTIVE_STATES)}"
+_IS_ACTIVE_DAILY = (
+    f"custody_records.kind = 'daily' AND custody_records.state IN {sql_in(DAILY_ACTIVE_STATES)}"
+)
+_ACTIVE_DAILY = select(CustodyRecord).where(
+    CustodyRecord.pupil_id == bindparam("pupil_id"), text(_IS_ACTIVE_DAILY)
+)
+_ACTIVE_OF_PUPIL = (
+    select(CustodyRecord)
+    .where(CustodyRecord.pupil_id == bindparam("pupil_id"), text(_IS_ACTIVE))
+    .order_by(CustodyRecord.id)
+)
+_KIOSKS = Kiosk.__table__
+_DAILY_REF = (
+    select(
+        _RECORDS.c.id,
+        _RECORDS.c.state,
+        _RECORDS.c.kind,
+        _RECORDS.c.pupil_id,
+        _COMPARTMENTS.c.number,
+        _KIOSKS.c.name,
+        _RECORDS.c.stored_at,
+        _RECORDS.c.flag,
+        _RECORDS.c.pending_until,
+    )
+    .select_from(
+        _RECORDS.join(_COMPARTMENTS, _COMPARTMENTS.c.id == _RECORDS.c.compartment_id).join(
+            _KIOSKS, _KIOSKS.c.id == _COMPARTMENTS.c.kiosk_id
+        )
+    )
+    .where(_RECORDS.c.pupil_id == bindparam("pupil_id"), text(_IS_ACTIVE_DAILY))
+)
+_OCCUPIED = (
+    select(_RECORDS.c.id)
+    .where(_RECORDS.c.compartment_id == bindparam("compartment_id"), text(_IS_ACTIVE))
+    .limit(1)
+)
+
+
+def _in_service(kind: CompartmentKind) -> Any:
+    return text(f"compartments.kind = '{kind.value}' AND NOT compartments.out_of_service")
+
+
+_FREE = {
+    kind: select(_COMPARTMENTS.c.id, _COMPARTMENTS.c.number)
+    .where(
+        _COMPARTMENTS.c.kiosk_id == bindparam("kiosk_id"),
+        _in_service(kind),
+        ~exists(
+            select(literal(1))
+            .select_from(_RECORDS)
+            .where(_RECORDS.c.compartment_id == _COMPARTMENTS.c.id, text(_IS_ACTIVE))
+        ),
+    )
+    .order_by(_COMPARTMENTS.c.number)
+    for kind in CompartmentKind
+}
+_FIRST_FREE = {kind: query.limit(1) for kind, query in _FREE.items()}
+_LAST_USED = {
+    kind: select(_RECORDS.c.compartment_id, _COMPARTMENTS.c.number)
+    .join(_COMPARTMENTS, _COMPARTMENTS.c.id == _RECORDS.c.compartment_id)
+    .where(
+        _RECORDS.c.pupil_id == bindparam("pupil_id"),
+        _COMPARTMENTS.c.kiosk_id == bindparam("kiosk_id"),
+        _in_service(kind),
+    )
+    .order_by(_RECORDS.c.started_at.desc(), _RECORDS.c.id.desc())
+    .limit(1)
+    for kind in CompartmentKind
+}
+
+
+@dataclass
+class RecordRef:
+    """What an operation needs to know of a record without loading it.
+
+    The kiosk keeps one for each compartment it opens; ``state`` is the state it expects the
+    record to be in, and the change is made only if the record still is (one conditional
+    UPDATE), so nothing written meanwhile by another process is overwritten.
+    """
+
+    id: int
+    state: CustodyState
+    kind: CustodyKind
+    pupil_id: int
+    compartment: int | None = None  # the compartment's number
+    kiosk: str | None = None  # the kiosk's name
+    stored_at: datetime | None = None
+    flag: str | None = None
+    pending_until: datetime | None = None
+
+    @classmethod
+    def of(cls, record: CustodyRecord) -> RecordRef:
+        return cls(
+            record.id,
+            record.state,
+            record.kind,
+            record.pupil_id,
+            record.compartment.number if record.compartment is not None else None,
+            record.kiosk.name if record.kiosk is not None else None,
+            record.stored_at,
+            record.flag,
+            record.pending_until,
+        )
+
+
+Record = CustodyRecord | RecordRef
+
+
+def _ref(record: Record) -> RecordRef:
+    return record if isinstance(record, RecordRef) else RecordRef.of(record)
+
+
+_INSERT_RECORD = insert(_RECORDS).returning(_RECORDS.c.id)
+_STATE_OF = select(_RECORDS.c.state).where(_RECORDS.c.id == bindparam("record_id"))
+_UPDATES: dict[tuple[tuple[str, ...], bool], Any] = {}
+
+
+def _update_statement(columns: tuple[str, ...], conditional: bool) -> Any:
+    """``UPDATE custody_records SET <columns>, version = version + 1 WHERE id = :id [AND
+    state = :expected]``, built once per shape (statement building costs more than running)."""
+    key = (columns, conditional)
+    statement = _UPDATES.get(key)
+    if statement is None:
+        where = [_RECORDS.c.id == bindparam("record_id")]
+        if conditional:
+            where.append(_RECORDS.c.state == bindparam("expected_state"))
+        statement = (
+            update(_RECORDS)
+            .where(*where)
+            .values(
+                {
+                    **{name: bindparam(f"new_{name}") for name in columns},
+                    "version": _RECORDS.c.version + 1,
+                }
+            )
+        )
+        _UPDATES[key] = statement
+    return statement
+
+
+class PupilLike(Protocol):
+    """What the ledger needs of a pupil (a :class:`Pupil`, or the kiosk's card holder)."""
+
+    id: int
+    admission_number: str
+    status: PupilStatus
+
+
 class CustodyLedger:
     """The custody operations. Stateless apart from the policy and the audit trail: every
-    call names its session, actor and clock, and writes nothing outside that session."""
+    call names its session, actor and clock, and writes nothing outside that session.
+
+    Operations accept an ORM :class:`CustodyRecord` (the web, the CLI) or a
+    :class:`RecordRef` (the kiosk, which knows what it opened). Every change is one
+    conditional UPDATE of the record and its audit event, in the caller's transaction.
+    """
 
     def __init__(self, policy: Policy, audit: AuditTrail) -> None:
         self.policy = policy
@@ -190,22 +349,18 @@ class CustodyLedger:
     # ---------------------------------------------------------------- queries
 
     def active_daily(self, session: Session, pupil_id: int) -> CustodyRecord | None:
-        return session.execute(
-            select(CustodyRecord).where(
-                CustodyRecord.pupil_id == pupil_id,
-                CustodyRecord.kind == CustodyKind.DAILY,
-                CustodyRecord.state.in_(DAILY_ACTIVE_STATES),
-            )
-        ).scalar_one_or_none()
+        """The pupil's deposit that is pending or in a locker, if any."""
+        return session.execute(_ACTIVE_DAILY, {"pupil_id": pupil_id}).scalar_one_or_none()
+
+    def daily_ref(self, session: Session, pupil_id: int) -> RecordRef | None:
+        """The pupil's active deposit as a :class:`RecordRef` (compartment number and kiosk
+        name included), in one query; None when there is none."""
+        row = session.connection().execute(_DAILY_REF, {"pupil_id": pupil_id}).first()
+        return RecordRef(*row) if row is not None else None
 
     def active_records(self, session: Session, pupil_id: int) -> list[CustodyRecord]:
-        return list(
-            session.execute(
-                select(CustodyRecord)
-                .where(CustodyRecord.pupil_id == pupil_id, CustodyRecord.state.in_(ACTIVE_STATES))
-                .order_by(CustodyRecord.id)
-            ).scalars()
-        )
+        """Every active record of the pupil (deposits, confiscations, holds), oldest first."""
+        return list(session.execute(_ACTIVE_OF_PUPIL, {"pupil_id": pupil_id}).scalars())
 
     def get(self, session: Session, record_id: int, *, lock: bool = True) -> CustodyRecord:
         """The record ``record_id`` (row-locked on PostgreSQL), or NotFound."""
@@ -220,52 +375,41 @@ class CustodyLedger:
     def free_compartments(
         self, session: Session, kiosk: Kiosk, kind: CompartmentKind
     ) -> list[Compartment]:
-        occupied = select(CustodyRecord.compartment_id).where(
-            CustodyRecord.state.in_(ACTIVE_STATES), CustodyRecord.compartment_id.is_not(None)
-        )
-        return list(
-            session.execute(
-                select(Compartment)
-                .where(
-                    Compartment.kiosk_id == kiosk.id,
-                    Compartment.kind == kind,
-                    Compartment.out_of_service.is_(False),
-                    Compartment.id.not_in(occupied),
-                )
-                .order_by(Compartment.number)
-            ).scalars()
-        )
+        """Free, in-service compartments of ``kind`` in ``kiosk``, lowest number first."""
+        ids = list(session.execute(_FREE[kind], {"kiosk_id": kiosk.id}).scalars())
+        if not ids:
+            return []
+        found = session.execute(select(Compartment).where(Compartment.id.in_(ids))).scalars()
+        return sorted(found, key=lambda compartment: compartment.number)
 
     def allocate(
         self, session: Session, kiosk: Kiosk, kind: CompartmentKind, pupil_id: int | None = None
-    ) -> Compartment:
-        """A free compartment of ``kind`` in ``kiosk``: the one the pupil used last when it is
-        free, else the lowest-numbered. ConflictError when none is free."""
-        free = self.free_compartments(session, kiosk, kind)
-        if not free:
+    ) -> tuple[int, int]:
+        """A free compartment of ``kind`` in ``kiosk`` as (id, number): the one the pupil used
+        last when it is free, else the lowest-numbered. ConflictError when none is free.
+
+        The database's unique index is the last word if two writers pick the same one."""
+        chosen = None
+        if pupil_id is not None:
+            connection = session.connection()
+            last = connection.execute(
+                _LAST_USED[kind], {"pupil_id": pupil_id, "kiosk_id": kiosk.id}
+            ).first()
+            if last is not None and (
+                connection.execute(_OCCUPIED, {"compartment_id": last[0]}).first() is None
+            ):
+                chosen = last
+        if chosen is None:
+            chosen = session.connection().execute(_FIRST_FREE[kind], {"kiosk_id": kiosk.id}).first()
+        if chosen is None:
             what = "secure compartment" if kind is CompartmentKind.SECURE else "compartment"
             raise ConflictError(f"no free {what} in {kiosk.label}")
-        if pupil_id is not None:
-            last = session.execute(
-                select(CustodyRecord.compartment_id)
-                .join(Compartment, Compartment.id == CustodyRecord.compartment_id)
-                .where(
-                    CustodyRecord.pupil_id == pupil_id,
-                    Compartment.kiosk_id == kiosk.id,
-                    Compartment.kind == kind,
-                )
-                .order_by(CustodyRecord.started_at.desc(), CustodyRecord.id.desc())
-                .limit(1)
-            ).scalar_one_or_none()
-            for compartment in free:
-                if compartment.id == last:
-                    return compartment
-        return free[0]
+        return chosen[0], chosen[1]
 
     # ---------------------------------------------------------------- mechanics
 
     def _authorise(
-        self, operation: Operation, actor: Actor, record: CustodyRecord | None
+        self, operation: Operation, actor: Actor, record: RecordRef | None
     ) -> Transition:
         transition = TRANSITIONS[operation]
         if actor.role not in transition.roles:
@@ -275,13 +419,13 @@ class CustodyLedger:
             )
         source = record.state if record is not None else None
         if source not in transition.sources:
+            if record is None:
+                raise TransitionError(f"cannot {transition.describe} without a custody record")
             if source is S.SAFEGUARDING_HOLD:
                 raise TransitionError(
                     f"custody record {record.id} is under safeguarding hold: only the DSL can "
                     "act on it (contact the DSL)"
                 )
-            if record is None:
-                raise TransitionError(f"cannot {transition.describe} without a custody record")
             raise TransitionError(
                 f"cannot {transition.describe}: custody record {record.id} is "
                 f"{STATE_LABELS[record.state]}"
@@ -294,28 +438,90 @@ class CustodyLedger:
             raise PermissionDenied("a pupil may only act on their own device")
         return transition
 
+    def _write(
+        self,
+        session: Session,
+        record: Record,
+        changes: dict[str, Any],
+        *,
+        expected: CustodyState | None,
+    ) -> None:
+        """One UPDATE of ``record``; with ``expected``, only if it is still in that state
+        (TransitionError otherwise: someone else changed it meanwhile)."""
+        ref = _ref(record)
+        if isinstance(record, CustodyRecord):
+            session.flush()  # changes made to the object by the caller go first
+        columns = tuple(sorted(changes))
+        params = {f"new_{name}": changes[name] for name in columns}
+        params["record_id"] = ref.id
+        if expected is not None:
+            params["expected_state"] = expected
+        statement = _update_statement(columns, expected is not None)
+        try:
+            result = session.connection().execute(statement, params)
+        except IntegrityError as exc:
+            raise self._conflict(exc) from None
+        if result.rowcount != 1:
+            now = session.execute(_STATE_OF, {"record_id": ref.id}).scalar()
+            if now is None:
+                raise NotFound(f"no custody record {ref.id}")
+            raise TransitionError(
+                f"custody record {ref.id} is now {STATE_LABELS[CustodyState(now)]}: it changed "
+                "while this was being done; look at it again"
+            )
+        if isinstance(record, CustodyRecord):
+            # What the database now holds, without marking the object dirty or reloading it.
+            version = record.version
+            for name, value in changes.items():
+                set_committed_value(record, name, value)
+            set_committed_value(record, "version", version + 1)
+        else:
+            for name in ("state", "stored_at", "flag"):
+                if name in changes:
+                    setattr(record, name, changes[name])
+
+    @staticmethod
+    def _conflict(exc: IntegrityError) -> ConflictError:
+        message = str(exc.orig)
+        if "uq_custody_active_daily_pupil" in message or "custody_records.pupil_id" in message:
+            return ConflictError("this pupil already has a device in a locker")
+        if "uq_custody_active_compartment" in message or "compartment_id" in message:
+            return ConflictError("that compartment is already in use")
+        return ConflictError(f"the database refused the change: {message.splitlines()[0]}")
+
     def _move(
         self,
         session: Session,
         actor: Actor,
         clock: Clock,
-        record: CustodyRecord,
+        record: Record,
         operation: Operation,
-        details: dict[str, Any] | None = None,
         *,
+        values: dict[str, Any] | None = None,
+        details: dict[str, Any] | None = None,
         restricted: bool = False,
-    ) -> CustodyRecord:
-        transition = self._authorise(operation, actor, record)
-        source = record.state
+    ) -> Record:
+        ref = _ref(record)
+        transition = self._authorise(operation, actor, ref)
+        source = ref.state
         now = clock.now()
-        record.state = transition.target
-        record.updated_at = now
+        changes = {"state": transition.target, "updated_at": now, **(values or {})}
         if transition.target not in ACTIVE_STATES:
-            record.ended_at, record.ended_by = now, actor.label
-        self._flush(session)
+            changes["ended_at"], changes["ended_by"] = now, actor.label
+        self._write(session, record, changes, expected=source)
         self._event(
-            session, actor, clock, record, transition.event, source, details, restricted=restricted
+            session,
+            actor,
+            clock,
+            ref,
+            transition.event,
+            source,
+            transition.target,
+            details,
+            restricted=restricted,
         )
+        if isinstance(record, RecordRef):
+            record.state = transition.target
         return record
 
     def _event(
@@ -323,44 +529,40 @@ class CustodyLedger:
         session: Session,
         actor: Actor,
         clock: Clock,
-        record: CustodyRecord,
+        ref: RecordRef,
         kind: str,
         source: CustodyState | None,
+        target: CustodyState,
         details: dict[str, Any] | None = None,
         *,
         restricted: bool = False,
     ) -> None:
         payload: dict[str, Any] = {
             "from": source.value if source else None,
-            "to": record.state.value,
-            "kind": record.kind.value,
+            "to": target.value,
+            "kind": ref.kind.value,
         }
-        if record.compartment is not None:
-            payload["compartment"] = record.compartment.number
+        if ref.compartment is not None:
+            payload["compartment"] = ref.compartment
         payload.update(details or {})
         self.audit.record(
             session,
             clock,
             actor,
             kind,
-            custody_id=record.id,
-            pupil_id=record.pupil_id,
-            kiosk=record.kiosk.name if record.kiosk else actor.kiosk,
+            custody_id=ref.id,
+            pupil_id=ref.pupil_id,
+            kiosk=ref.kiosk or actor.kiosk,
             details=payload,
             restricted=restricted,
         )
 
-    @staticmethod
-    def _flush(session: Session) -> None:
+    def _insert(self, session: Session, values: dict[str, Any]) -> int:
+        defaults = {"ever_held": False, "id_checked": False, "version": 1}
         try:
-            session.flush()
+            return session.connection().execute(_INSERT_RECORD, {**defaults, **values}).scalar_one()
         except IntegrityError as exc:
-            message = str(exc.orig)
-            if "uq_custody_active_daily_pupil" in message or "pupil_id" in message:
-                raise ConflictError("this pupil already has a device in a locker") from None
-            if "compartment" in message:
-                raise ConflictError("that compartment is already in use") from None
-            raise ConflictError(f"the database refused the change: {message}") from None
+            raise self._conflict(exc) from None
 
     # ---------------------------------------------------------------- daily deposits
 
@@ -370,13 +572,14 @@ class CustodyLedger:
         actor: Actor,
         clock: Clock,
         *,
-        pupil: Pupil,
+        pupil: PupilLike,
         kiosk: Kiosk,
         timeout_s: float,
         device: str | None = None,
-    ) -> CustodyRecord:
+    ) -> RecordRef:
         """A pupil's card at the kiosk, in the deposit window: allocate a compartment and
-        write PENDING_DEPOSIT. Written **before** the lock opens."""
+        write PENDING_DEPOSIT. Written **before** the lock opens. Returns a reference to the
+        new record (``session.get(CustodyRecord, ref.id)`` loads it)."""
         self._authorise(Operation.START_DEPOSIT, actor, None)
         if actor.pupil_id != pupil.id:
             raise PermissionDenied("a pupil may only deposit their own device")
@@ -387,56 +590,79 @@ class CustodyLedger:
             raise PolicyError(
                 f"devices are locked away between {self.policy.config.deposit_window}"
             )
-        existing = self.active_daily(session, pupil.id)
+        existing = self.daily_ref(session, pupil.id)
         if existing is not None:
-            where = existing.compartment.number if existing.compartment else "?"
-            raise ConflictError(f"your device is already in locker {where}")
-        compartment = self.allocate(session, kiosk, CompartmentKind.PUPIL, pupil.id)
-        record = CustodyRecord(
-            pupil_id=pupil.id,
-            kind=CustodyKind.DAILY,
-            state=S.PENDING_DEPOSIT,
-            compartment=compartment,
-            kiosk=kiosk,
-            device=device,
-            started_at=now,
-            started_by=actor.label,
-            updated_at=now,
-            pending_until=now + timedelta(seconds=timeout_s),
+            raise ConflictError(f"your device is already in locker {existing.compartment}")
+        compartment_id, number = self.allocate(session, kiosk, CompartmentKind.PUPIL, pupil.id)
+        pending_until = now + timedelta(seconds=timeout_s)
+        record_id = self._insert(
+            session,
+            {
+                "pupil_id": pupil.id,
+                "kind": CustodyKind.DAILY,
+                "state": S.PENDING_DEPOSIT,
+                "compartment_id": compartment_id,
+                "kiosk_id": kiosk.id,
+                "device": device,
+                "started_at": now,
+                "started_by": actor.label,
+                "updated_at": now,
+                "pending_until": pending_until,
+            },
         )
-        session.add(record)
-        self._flush(session)
+        ref = RecordRef(
+            record_id,
+            S.PENDING_DEPOSIT,
+            CustodyKind.DAILY,
+            pupil.id,
+            number,
+            kiosk.name,
+            pending_until=pending_until,
+        )
         self._event(
             session,
             actor,
             clock,
-            record,
+            ref,
             TRANSITIONS[Operation.START_DEPOSIT].event,
             None,
-            {"pending_until": record.pending_until.isoformat()},
+            S.PENDING_DEPOSIT,
+            {"pending_until": pending_until.isoformat()},
         )
-        return record
+        return ref
 
     def confirm_deposit(
         self,
         session: Session,
         actor: Actor,
         clock: Clock,
-        record: CustodyRecord,
+        record: Record,
         *,
         how: str = "door closed",
-    ) -> CustodyRecord:
+    ) -> Record:
         """PENDING_DEPOSIT -> IN_LOCKER once the door was seen open and then closed."""
-        record.stored_at = clock.now()
-        return self._move(session, actor, clock, record, Operation.CONFIRM_DEPOSIT, {"how": how})
+        return self._move(
+            session,
+            actor,
+            clock,
+            record,
+            Operation.CONFIRM_DEPOSIT,
+            values={"stored_at": clock.now()},
+            details={"how": how},
+        )
 
     def cancel_deposit(
-        self, session: Session, actor: Actor, clock: Clock, record: CustodyRecord, *, reason: str
-    ) -> CustodyRecord:
+        self, session: Session, actor: Actor, clock: Clock, record: Record, *, reason: str
+    ) -> Record:
         reason = clean_text(reason, "the reason", max_length=500)
-        record.end_reason = reason
         return self._move(
-            session, actor, clock, record, Operation.CANCEL_DEPOSIT, {"reason": reason}
+            session,
+            actor,
+            clock,
+            record,
+            Operation.CANCEL_DEPOSIT,
+            values={"end_reason": reason},
+            details={"reason": reason},
         )
 
     def may_collect_now(self, session: Session, pupil_id: int, when: datetime) -> bool:
@@ -445,21 +671,18 @@ class CustodyLedger:
             session, pupil_id, self.policy.school_day(when)
         )
 
-    def check_collect(
-        self, session: Session, actor: Actor, clock: Clock, record: CustodyRecord
-    ) -> None:
+    def check_collect(self, session: Session, actor: Actor, clock: Clock, record: Record) -> None:
         """Raise why ``actor`` may not collect ``record`` now (nothing is written)."""
-        self._authorise(Operation.COLLECT, actor, record)
+        ref = _ref(record)
+        self._authorise(Operation.COLLECT, actor, ref)
         if actor.role is ActorRole.PUPIL and not self.may_collect_now(
-            session, record.pupil_id, clock.now()
+            session, ref.pupil_id, clock.now()
         ):
             raise PolicyError(
                 f"devices are collected between {self.policy.config.collection_window}"
             )
 
-    def collect(
-        self, session: Session, actor: Actor, clock: Clock, record: CustodyRecord
-    ) -> CustodyRecord:
+    def collect(self, session: Session, actor: Actor, clock: Clock, record: Record) -> Record:
         """IN_LOCKER -> COLLECTED (the kiosk calls it once the door is seen open)."""
         self.check_collect(session, actor, clock, record)
         return self._move(session, actor, clock, record, Operation.COLLECT)
@@ -472,7 +695,7 @@ class CustodyLedger:
         actor: Actor,
         clock: Clock,
         *,
-        pupil: Pupil,
+        pupil: PupilLike,
         reason: str,
         device: str | None = None,
         kiosk: Kiosk | None = None,
@@ -488,110 +711,149 @@ class CustodyLedger:
         reason = clean_text(reason, "the reason for confiscating", max_length=500)
         device = clean_text(device, "the device", max_length=120, required=False) or None
         now = clock.now()
+        confiscated = {
+            "confiscated_at": now,
+            "confiscated_by": actor.label,
+            "confiscation_reason": reason,
+            "release_not_before": self.policy.release_not_before(now),
+        }
         if record is not None:
             if record.pupil_id != pupil.id:
                 raise ValidationError("that custody record belongs to another pupil")
-            self._authorise(Operation.CONFISCATE, actor, record)
-            self._set_confiscated(record, actor, now, reason)
-            record.device = device or record.device
-            return self._move(
-                session, actor, clock, record, Operation.CONFISCATE, {"reason": reason}
+            if device:
+                confiscated["device"] = device
+            self._move(
+                session,
+                actor,
+                clock,
+                record,
+                Operation.CONFISCATE,
+                values=confiscated,
+                details={"reason": reason},
             )
+            return record
         self._authorise(Operation.CONFISCATE, actor, None)
-        compartment = (
-            self.allocate(session, kiosk, CompartmentKind.SECURE) if kiosk is not None else None
+        compartment_id, number = (
+            self.allocate(session, kiosk, CompartmentKind.SECURE)
+            if kiosk is not None
+            else (None, None)
         )
-        new = CustodyRecord(
-            pupil_id=pupil.id,
-            kind=CustodyKind.CONFISCATION,
-            state=S.CONFISCATED,
-            compartment=compartment,
-            kiosk=kiosk,
-            device=device,
-            started_at=now,
-            started_by=actor.label,
-            updated_at=now,
-            stored_at=None if compartment is not None else now,
+        record_id = self._insert(
+            session,
+            {
+                "pupil_id": pupil.id,
+                "kind": CustodyKind.CONFISCATION,
+                "state": S.CONFISCATED,
+                "compartment_id": compartment_id,
+                "kiosk_id": kiosk.id if kiosk is not None else None,
+                "device": device,
+                "started_at": now,
+                "started_by": actor.label,
+                "updated_at": now,
+                "stored_at": None if compartment_id is not None else now,
+                **confiscated,
+            },
         )
-        self._set_confiscated(new, actor, now, reason)
-        session.add(new)
-        self._flush(session)
+        ref = RecordRef(
+            record_id,
+            S.CONFISCATED,
+            CustodyKind.CONFISCATION,
+            pupil.id,
+            number,
+            kiosk.name if kiosk is not None else None,
+        )
         self._event(
             session,
             actor,
             clock,
-            new,
+            ref,
             TRANSITIONS[Operation.CONFISCATE].event,
             None,
+            S.CONFISCATED,
             {
                 "reason": reason,
-                "location": f"compartment {compartment.number}" if compartment else "office safe",
+                "location": f"compartment {number}" if number is not None else "office safe",
             },
         )
+        new = session.get(CustodyRecord, record_id)
+        assert new is not None
         return new
 
-    def _set_confiscated(
-        self, record: CustodyRecord, actor: Actor, now: datetime, reason: str
-    ) -> None:
-        record.confiscated_at, record.confiscated_by = now, actor.label
-        record.confiscation_reason = reason
-        record.release_not_before = self.policy.release_not_before(now)
-
-    def mark_stored(
-        self, session: Session, actor: Actor, clock: Clock, record: CustodyRecord
-    ) -> CustodyRecord:
-        """The door of the compartment holding a confiscated device closed: it is secured."""
-        if record.state not in (S.CONFISCATED, S.SAFEGUARDING_HOLD):
-            raise TransitionError(f"custody record {record.id} is {STATE_LABELS[record.state]}")
-        if record.stored_at is None:
-            record.stored_at = record.updated_at = clock.now()
-            self._event(session, actor, clock, record, "custody.stored", record.state)
+    def mark_stored(self, session: Session, actor: Actor, clock: Clock, record: Record) -> Record:
+        """The door of the compartment holding a confiscated device closed: it is secured.
+        Harmless when it already was."""
+        ref = _ref(record)
+        if ref.state not in (S.CONFISCATED, S.SAFEGUARDING_HOLD):
+            raise TransitionError(f"custody record {ref.id} is {STATE_LABELS[ref.state]}")
+        if ref.stored_at is None:
+            now = clock.now()
+            self._write(session, record, {"stored_at": now, "updated_at": now}, expected=ref.state)
+            self._event(session, actor, clock, ref, "custody.stored", ref.state, ref.state)
         return record
 
     # ---------------------------------------------------------------- safeguarding
 
     def hold(
-        self, session: Session, actor: Actor, clock: Clock, record: CustodyRecord, *, reason: str
-    ) -> CustodyRecord:
+        self, session: Session, actor: Actor, clock: Clock, record: Record, *, reason: str
+    ) -> Record:
         """An urgent referral to the DSL: nobody looks at the device, nobody releases it."""
         reason = clean_text(reason, "the reason for the referral", max_length=1000)
-        self._authorise(Operation.HOLD, actor, record)
         now = clock.now()
-        record.ever_held, record.held_at, record.held_by = True, now, actor.label
-        record.hold_reason = reason
         return self._move(
-            session, actor, clock, record, Operation.HOLD, {"reason": reason}, restricted=True
+            session,
+            actor,
+            clock,
+            record,
+            Operation.HOLD,
+            values={
+                "ever_held": True,
+                "held_at": now,
+                "held_by": actor.label,
+                "hold_reason": reason,
+            },
+            details={"reason": reason},
+            restricted=True,
         )
 
     def lift_hold(
         self, session: Session, actor: Actor, clock: Clock, record: CustodyRecord, *, note: str
     ) -> CustodyRecord:
         note = clean_text(note, "a note on why the hold is lifted", max_length=1000)
-        self._authorise(Operation.LIFT_HOLD, actor, record)
         now = clock.now()
-        record.hold_lifted_note = note
+        values: dict[str, Any] = {"hold_lifted_note": note}
         if record.confiscated_at is None:  # it went straight from a locker to the hold
-            self._set_confiscated(record, actor, now, "held for the DSL; hold lifted")
-        record.release_not_before = max(
+            values.update(
+                confiscated_at=now,
+                confiscated_by=actor.label,
+                confiscation_reason="held for the DSL; hold lifted",
+            )
+        values["release_not_before"] = max(
             record.release_not_before or now, self.policy.release_not_before(now)
         )
-        return self._move(
-            session, actor, clock, record, Operation.LIFT_HOLD, {"note": note}, restricted=True
+        self._move(
+            session,
+            actor,
+            clock,
+            record,
+            Operation.LIFT_HOLD,
+            values=values,
+            details={"note": note},
+            restricted=True,
         )
+        return record
 
     def hand_to_police(
-        self, session: Session, actor: Actor, clock: Clock, record: CustodyRecord, *, reference: str
-    ) -> CustodyRecord:
+        self, session: Session, actor: Actor, clock: Clock, record: Record, *, reference: str
+    ) -> Record:
         reference = clean_text(reference, "the police reference", max_length=80)
-        self._authorise(Operation.HAND_TO_POLICE, actor, record)
-        record.police_reference = reference
         return self._move(
             session,
             actor,
             clock,
             record,
             Operation.HAND_TO_POLICE,
-            {"police_reference": reference},
+            values={"police_reference": reference},
+            details={"police_reference": reference},
             restricted=True,
         )
 
@@ -611,7 +873,7 @@ class CustodyLedger:
     ) -> CustodyRecord:
         """Hand a confiscated device to a parent or carer whose ID was checked: one of the
         pupil's authorised contacts (``contact``) or another adult named here."""
-        self._authorise(Operation.RELEASE_TO_PARENT, actor, record)
+        self._authorise(Operation.RELEASE_TO_PARENT, actor, _ref(record))
         if not self.policy.may_release(actor.role):
             roles = ", ".join(self.policy.config.release_roles)
             raise PermissionDenied(f"only {roles} may release a confiscated device")
@@ -621,41 +883,47 @@ class CustodyLedger:
             raise PolicyError(f"this device may not be released before {local:%H:%M on %d %b}")
         if not id_checked:
             raise ValidationError("confirm that the collector's ID was checked")
+        values: dict[str, Any] = {"id_checked": True}
         if contact is not None:
             if contact.pupil_id != record.pupil_id:
                 raise ValidationError("that contact is not one of this pupil's contacts")
             name, relation = contact.name, contact.relation or "contact"
-            record.collector_contact_id = contact.id
+            values["collector_contact_id"] = contact.id
         else:
             name = clean_text(collector_name, "the collector's name", max_length=120)
             relation = clean_text(
                 relationship, "the collector's relationship to the pupil", max_length=60
             )
-        record.collector_name, record.collector_relationship = name, relation
-        record.id_checked = True
-        return self._move(
+        values.update(collector_name=name, collector_relationship=relation)
+        self._move(
             session,
             actor,
             clock,
             record,
             Operation.RELEASE_TO_PARENT,
-            {
+            values=values,
+            details={
                 "collector": name,
                 "relationship": relation,
                 "authorised_contact": contact is not None,
                 "id_checked": True,
             },
         )
+        return record
 
     def return_to_pupil(
-        self, session: Session, actor: Actor, clock: Clock, record: CustodyRecord, *, reason: str
-    ) -> CustodyRecord:
+        self, session: Session, actor: Actor, clock: Clock, record: Record, *, reason: str
+    ) -> Record:
         """An admin hands the device back (e.g. an exemption granted mid-day)."""
         reason = clean_text(reason, "the reason", max_length=500)
-        self._authorise(Operation.RETURN_TO_PUPIL, actor, record)
-        record.end_reason = reason
         return self._move(
-            session, actor, clock, record, Operation.RETURN_TO_PUPIL, {"reason": reason}
+            session,
+            actor,
+            clock,
+            record,
+            Operation.RETURN_TO_PUPIL,
+            values={"end_reason": reason},
+            details={"reason": reason},
         )
 
     # ---------------------------------------------------------------- flags and sweeps
@@ -665,41 +933,54 @@ class CustodyLedger:
         session: Session,
         actor: Actor,
         clock: Clock,
-        record: CustodyRecord,
+        record: Record,
         *,
         flag: str,
         detail: str,
-    ) -> CustodyRecord:
+    ) -> Record:
         """Mark a record for the office to check (uncollected, a door found open, ...)."""
-        record.flag, record.flag_detail = flag, detail[:500]
-        record.flagged_at = record.updated_at = clock.now()
+        ref = _ref(record)
+        now = clock.now()
+        self._write(
+            session,
+            record,
+            {"flag": flag, "flag_detail": detail[:500], "flagged_at": now, "updated_at": now},
+            expected=None,
+        )
         self._event(
             session,
             actor,
             clock,
-            record,
+            ref,
             "custody.flagged",
-            record.state,
+            ref.state,
+            ref.state,
             {"flag": flag, "detail": detail[:500]},
         )
         return record
 
     def clear_flag(
-        self, session: Session, actor: Actor, clock: Clock, record: CustodyRecord, *, note: str
-    ) -> CustodyRecord:
+        self, session: Session, actor: Actor, clock: Clock, record: Record, *, note: str
+    ) -> Record:
         note = clean_text(note, "a note", max_length=500)
-        if record.flag is None:
-            raise ValidationError(f"custody record {record.id} is not flagged")
-        flag, record.flag, record.flag_detail, record.flagged_at = record.flag, None, None, None
-        record.updated_at = clock.now()
+        ref = _ref(record)
+        if ref.flag is None:
+            raise ValidationError(f"custody record {ref.id} is not flagged")
+        self._write(
+            session,
+            record,
+            {"flag": None, "flag_detail": None, "flagged_at": None, "updated_at": clock.now()},
+            expected=None,
+        )
         self._event(
             session,
             actor,
             clock,
-            record,
+            ref,
             "custody.flag_cleared",
-            record.state,
-            {"flag": flag, "note": note},
+            ref.state,
+            ref.state,
+            {"flag": ref.flag, "note": note},
         )
         return record
 

@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import re
 import secrets
+from dataclasses import dataclass
 from datetime import datetime
 
 from argon2 import PasswordHasher
@@ -26,6 +27,18 @@ from kiosk.clock import Clock
 from kiosk.errors import ConflictError, NotFound, ValidationError
 from kiosk.models import ApiToken, Role, User
 from kiosk.text import clean_text
+
+
+@dataclass(frozen=True)
+class StaffRef:
+    """What the kiosk needs of a member of staff, read with their card (no ORM object)."""
+
+    id: int
+    username: str
+    display_name: str
+    role: Role
+    active: bool
+
 
 MIN_PASSWORD_LENGTH = 12
 _hasher = PasswordHasher()

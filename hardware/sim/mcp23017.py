@@ -113,7 +113,17 @@ class MCP23017Emulator:
         return bool(self.regs[R_OLAT][port] >> bit & 1)
 
     def _port_levels(self, port: int) -> int:
-        return sum(int(self.level(port * 8 + bit)) << bit for bit in range(8))
+        """The eight levels of a port as one byte (bitwise: this runs on every edge)."""
+        inputs = self.regs[R_IODIR][port]
+        driven, floating = 0, 0
+        for bit in range(8):
+            external = self._external[port * 8 + bit]
+            if external is None:
+                floating |= 1 << bit
+            elif external:
+                driven |= 1 << bit
+        pulled = self.regs[R_GPPU][port] & floating
+        return (self.regs[R_OLAT][port] & ~inputs & 0xFF) | ((driven | pulled) & inputs)
 
     def _gpio_value(self, port: int) -> int:
         levels = self._port_levels(port)

@@ -123,6 +123,9 @@ class Simulator:
         self.auto_close_s = auto_close_s
         self.pin_factory = pin_factory or MockFactory(pin_class=SimPin)
         self.reader: Any = None  # set by the cabinet
+        #: Called as ``on_lock_change(number, energised)`` the moment a lock's output pin
+        #: changes (in the thread that drove it): for benchmarks and test probes.
+        self.on_lock_change: Callable[[int, bool], None] | None = None
         self._mutex = threading.RLock()
         reset_pin = self.pi_pin(spec.reader.reset_pin)
         self.chip = RC522Emulator(
@@ -216,7 +219,11 @@ class Simulator:
         return tuple(n for n in sorted(self.spec.compartments) if self.lock_energised(n))
 
     def _lock_changed(self, number: int) -> None:
-        if self.auto_open and self.lock_energised(number):
+        energised = self.lock_energised(number)
+        hook = self.on_lock_change
+        if hook is not None:
+            hook(number, energised)
+        if self.auto_open and energised:
             door = self.doors[number]
             if not door.is_open and self.open_door(number) and self.auto_close_s is not None:
                 if self.auto_close_s <= 0:

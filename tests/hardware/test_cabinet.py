@@ -330,3 +330,13 @@ def test_a_cabinet_left_open_is_closed_at_exit(make_cabinet) -> None:
     cabinet.locks[1].pulse(3)
     cabinet._atexit()  # what atexit runs when the interpreter ends
     assert cabinet.closed and cabinet.sim.energised() == ()
+
+
+def test_on_lock_change_reports_every_edge_of_the_lock_output(make_cabinet, clock):
+    cabinet = make_cabinet(12)  # on simulated expanders
+    edges: list[tuple[int, bool]] = []
+    cabinet.sim.on_lock_change = lambda number, energised: edges.append((number, energised))
+    cabinet.locks[9].pulse(1.0)
+    assert edges == [(9, True)]
+    clock.advance(1.0)
+    assert edges == [(9, True), (9, False)]

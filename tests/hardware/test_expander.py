@@ -227,3 +227,22 @@ def test_poller_reports_a_failing_expander_once(chip, bus) -> None:
     assert seen == [False, True]
     assert len(faults) == 1 and isinstance(faults[0], ExpanderError)
     poller.close()
+
+
+@given(
+    iodir=st.integers(0, 255),
+    olat=st.integers(0, 255),
+    gppu=st.integers(0, 255),
+    external=st.lists(st.sampled_from([None, True, False]), min_size=8, max_size=8),
+    port=st.sampled_from([0, 1]),
+)
+def test_emulator_port_levels_equal_the_per_pin_levels(iodir, olat, gppu, external, port):
+    """The emulator computes a port's levels bitwise; it must agree with level() pin by pin."""
+    from hardware.sim.mcp23017 import R_GPPU, R_IODIR, R_OLAT, MCP23017Emulator
+
+    chip = MCP23017Emulator("probe")
+    chip.regs[R_IODIR][port], chip.regs[R_OLAT][port], chip.regs[R_GPPU][port] = iodir, olat, gppu
+    for bit, level in enumerate(external):
+        chip._external[port * 8 + bit] = level
+    expected = sum(int(chip.level(port * 8 + bit)) << bit for bit in range(8))
+    assert chip._port_levels(port) == expected

@@ -192,7 +192,9 @@ def test_default_layouts_are_valid(count: int) -> None:
     assert sorted(spec.compartments) == list(range(1, count + 1))
     assert spec.backend == "sim"
     pins = spec.pins_in_use()
-    assert len(pins) == 2 * count + 5 + (1 if spec.expanders else 0)
+    interrupt_pins = -(-len(spec.expanders) // 8)  # one per bus of eight expanders
+    assert len(pins) == 2 * count + 5 + interrupt_pins
+    assert len({exp.int_pin for exp in spec.expanders.values()}) == interrupt_pins
     if count <= 6:
         assert not spec.expanders
     else:

@@ -205,3 +205,26 @@ def test_restricted_flag_is_recorded(instance, clock):
         assert event.restricted
     verify(instance)
     assert timedelta(0) <= clock.now() - event.occurred_at
+
+
+@pytest.mark.parametrize("outcome", ["rolled back", "released"])
+def test_events_around_a_savepoint_keep_the_chain_whole(instance, clock, outcome):
+    """The head is cached per transaction; an event written in a savepoint that is rolled
+    back must not become the parent of the next event."""
+    with instance.database.transaction() as session:
+        instance.audit.record(session, clock, ACTOR, "test.before")
+        savepoint = session.begin_nested()
+        instance.audit.record(session, clock, ACTOR, "test.inside")
+        instance.audit.record(session, clock, ACTOR, "test.inside")
+        if outcome == "rolled back":
+            savepoint.rollback()
+        else:
+            savepoint.commit()
+        instance.audit.record(session, clock, ACTOR, "test.after")
+        instance.audit.record(session, clock, ACTOR, "test.after")
+    with instance.database.reader() as session:
+        kinds = session.execute(select(AuditEvent.kind).order_by(AuditEvent.seq)).scalars()
+        kinds = [kind for kind in kinds if kind.startswith("test.")]
+    inside = ["test.inside"] * 2 if outcome == "released" else []
+    assert kinds == ["test.before", *inside, "test.after", "test.after"]
+    verify(instance)

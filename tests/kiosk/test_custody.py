@@ -51,7 +51,7 @@ def deposit(
     )
     if confirm:
         ledger.confirm_deposit(session, KIOSK, clock, record)
-    return record
+    return session.get(CustodyRecord, record.id)
 
 
 def events(session: Session, custody_id: int) -> list[AuditEvent]:
