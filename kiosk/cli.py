@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import click
 from sqlalchemy import select
@@ -132,9 +132,7 @@ def init(state: CliState, with_demo: bool) -> None:
             click.echo("demo: the instance already has pupils; nothing seeded")
         else:
             click.echo(f"demo school seeded: {len(demo.FORMS) * demo.PUPILS_PER_FORM} pupils")
-            click.echo("staff accounts (passwords are shown only now):")
-            for account in accounts:
-                click.echo(f"  {account.username:<8} {account.role.value:<6} {account.password}")
+            _print_accounts(accounts)
 
 
 # ------------------------------------------------------------------------------ config
@@ -310,16 +308,7 @@ def user_add(
     terminal, generated and printed once)."""
     parsed_role = users.parse_role(role)
     username = users.check_username(username)
-    generated = False
-    if password_stdin:
-        password = sys.stdin.readline().rstrip("\r\n")
-        if not password:
-            raise ValidationError("no password on standard input")
-    elif sys.stdin.isatty():
-        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
-    else:
-        password, generated = users.generate_password(username), True
-    users.check_password(password, username)
+    password, generated = _new_password(username, password_stdin)
     instance = state.instance()
     with instance.database.transaction() as session:
         users.add_user(
@@ -335,6 +324,37 @@ def user_add(
     click.echo(f"user {username} added ({parsed_role.value})")
     if generated:
         click.echo(f"password (shown only now): {password}")
+
+
+@user_group.command("password")
+@click.argument("username")
+@click.option("--password-stdin", is_flag=True, help="Read the new password from standard input.")
+@pass_state
+def user_password(state: CliState, username: str, password_stdin: bool) -> None:
+    """Set a new password for USERNAME (asked for, read from stdin, or generated)."""
+    password, generated = _new_password(username, password_stdin)
+    instance = state.instance()
+    with instance.database.transaction() as session:
+        user = users.find_user(session, username)
+        users.set_password(session, state.actor, state.clock, instance.audit, user, password)
+    click.echo(f"password of {user.username} changed")
+    if generated:
+        click.echo(f"password (shown only now): {password}")
+
+
+def _new_password(username: str, from_stdin: bool) -> tuple[str, bool]:
+    """A password from stdin, a terminal prompt, or generated; checked for strength."""
+    generated = False
+    if from_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+        if not password:
+            raise ValidationError("no password on standard input")
+    elif sys.stdin.isatty():
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    else:
+        password, generated = users.generate_password(username), True
+    users.check_password(password, username)
+    return password, generated
 
 
 @user_group.command("list")
@@ -658,6 +678,56 @@ def kiosk_command(state: CliState, sim: bool, sim_auto_open: bool) -> None:
     from kiosk.daemon import run_kiosk
 
     run_kiosk(state.instance(), simulate=sim, auto_open=sim_auto_open)
+
+
+@cli.command("web")
+@click.option("--host", help="Address to listen on (default [web] host, 127.0.0.1).")
+@click.option("--port", type=int, help="Port to listen on (default [web] port, 8000).")
+@pass_state
+def web_command(state: CliState, host: str | None, port: int | None) -> None:
+    """Run the office dashboard, kiosk screen and JSON API (waitress)."""
+    import web
+
+    instance = state.instance()
+    app = web.create_app(instance)
+    web.serve(app, host or instance.config.web.host, port or instance.config.web.port)
+
+
+@cli.command("demo")
+@click.option(
+    "--port",
+    type=int,
+    envvar="PORT",
+    default=8000,
+    show_default=True,
+    help="Port on 127.0.0.1 (or $PORT).",
+)
+@pass_state
+def demo_command(state: CliState, port: int) -> None:
+    """Try the whole product on simulated hardware: kiosk and office page in one process."""
+    from kiosk.daemon import prepare_demo, run_demo
+
+    instance, accounts = prepare_demo(state.home)
+    state._instance = instance
+    if accounts is None:
+        click.echo(
+            "demo: using the school already in this instance (reset a password with "
+            f"`locker --home {instance.home} user password office`)"
+        )
+    else:
+        click.echo(f"demo school created in {instance.home}")
+        _print_accounts(accounts)
+    click.echo(f"office page:   http://127.0.0.1:{port}/")
+    click.echo(f"kiosk screen:  http://127.0.0.1:{port}/kiosk/{instance.config.kiosk.name}")
+    click.echo("simulator panel on the office page; policy windows are open all day")
+    click.echo("stop with Ctrl-C")
+    run_demo(instance, port=port)
+
+
+def _print_accounts(accounts: list[Any]) -> None:
+    click.echo("staff accounts (passwords are shown only now):")
+    for account in accounts:
+        click.echo(f"  {account.username:<8} {account.role.value:<6} {account.password}")
 
 
 # ------------------------------------------------------------------------------ entry point

@@ -42,7 +42,7 @@ class CommandKind(enum.StrEnum):
 
 
 SIM_KINDS = frozenset({CommandKind.SIM_TAP, CommandKind.SIM_DOOR, CommandKind.SIM_FAULT})
-OPEN_PURPOSES = ("office", "confiscation", "release", "return", "check")
+OPEN_PURPOSES = ("office", "confiscation", "release", "police", "return", "check")
 SIM_FAULTS = ("reader_raise", "reader_garbage", "reader_vanish", "jam_lock", "stick_door_open")
 
 

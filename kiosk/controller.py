@@ -70,7 +70,7 @@ SCREEN_HOLD_S = 6.0
 ENROL_WAIT_S = 60.0
 UNLOCK_RETRY_S = 0.25
 UNLOCK_RETRIES = 40
-COMMAND_RESULT_PURPOSES = ("office", "release", "confiscation", "check", "return")
+COMMAND_RESULT_PURPOSES = ("office", "release", "confiscation", "police", "check", "return")
 
 
 # ------------------------------------------------------------------------------ clocks

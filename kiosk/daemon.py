@@ -74,3 +74,64 @@ def run_kiosk(instance: Instance, *, simulate: bool = False, auto_open: bool = T
         if cabinet is not None:
             cabinet.close()
         clock.close()
+
+
+DEMO_POLICY = {
+    "deposit_window": "00:00-24:00",
+    "collection_window": "00:00-24:00",
+    "end_of_day": "24:00",
+    "confiscation_release_from": "00:00",
+}
+
+
+def prepare_demo(home: str | None) -> tuple[Instance, list[Any] | None]:
+    """Create (or upgrade) the demo instance and seed the demo school if it has no pupils.
+
+    Returns the instance opened with the demo's settings (policy windows open all day,
+    cookies allowed over plain HTTP on 127.0.0.1) and the new staff accounts, or None when
+    the instance already had pupils (its data is kept as it is)."""
+    from kiosk import cabinets, demo, migrate
+    from kiosk.actors import Actor
+    from kiosk.clock import SystemClock
+
+    created, _ = Instance.create(home)
+    migrate.upgrade(created.database)
+    created.close()
+    instance = Instance.open(
+        home, overrides={"policy": DEMO_POLICY, "web": {"secure_cookies": False}}
+    )
+    clock, actor = SystemClock(), Actor.system("demo")
+    with instance.database.transaction() as session:
+        cabinets.register(session, actor, clock, instance.audit, instance.config.kiosk)
+        accounts = demo.seed(session, actor, clock, instance.audit, instance.card_key)
+    return instance, accounts
+
+
+def run_demo(instance: Instance, *, port: int) -> None:
+    """The kiosk controller on simulated hardware (in a thread) and the web app on
+    127.0.0.1:``port`` (in this thread), until Ctrl-C or SIGTERM."""
+    import web  # the demo is the one process that runs both halves
+
+    spec = cabinet_spec(instance.config, simulate=True)
+    stop = threading.Event()
+    clock = LiveClock()
+    cabinet = open_cabinet(spec, clock=clock, auto_open=True)
+    controller = Controller(instance, cabinet, clock)
+    controller.start()
+    kiosk_thread = threading.Thread(target=controller.run, args=(stop,), name="kiosk-loop")
+    kiosk_thread.start()
+
+    def request_stop(signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGTERM, request_stop)
+    try:
+        app = web.create_app(instance, simulated=True)
+        web.serve(app, "127.0.0.1", port)
+    except KeyboardInterrupt:
+        log.info("demo stopping")
+    finally:
+        stop.set()
+        kiosk_thread.join(timeout=10)
+        cabinet.close()
+        clock.close()

@@ -1,0 +1,257 @@
+"""What every blueprint shares: the instance, the clock, the actor, sessions, errors, dates.
+
+A request is one unit of work: reads go through :func:`reader`, every change through
+:func:`writer` (one ``Database.transaction()``), calling the kiosk services with
+:func:`actor` and :func:`clock`. Errors raised on purpose by the kiosk package become 4xx
+responses here: an HTML page for people, ``{"error": "..."}`` for the JSON API.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+from urllib.parse import urlsplit
+
+from flask import current_app, jsonify, render_template, request
+from flask_login import current_user
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
+from werkzeug.exceptions import HTTPException
+from werkzeug.routing import BaseConverter
+
+from kiosk.actors import Actor
+from kiosk.clock import Clock
+from kiosk.errors import (
+    ConflictError,
+    LockerError,
+    NotFound,
+    PermissionDenied,
+    PolicyError,
+    ValidationError,
+)
+from kiosk.instance import Instance
+from kiosk.models import Role
+
+log = logging.getLogger(__name__)
+
+JSON_PREFIXES = ("/api/", "/sim/")
+
+
+@dataclass
+class LockerApp:
+    """What ``create_app`` hangs on ``app.extensions["locker"]``."""
+
+    instance: Instance
+    simulated: bool
+
+
+def locker() -> LockerApp:
+    return current_app.extensions["locker"]
+
+
+def instance() -> Instance:
+    return locker().instance
+
+
+def clock() -> Clock:
+    return current_app.config["LOCKER_CLOCK"]
+
+
+def now() -> datetime:
+    return clock().now()
+
+
+def actor() -> Actor:
+    """The signed-in member of staff as the ledger's actor."""
+    return Actor.for_user(current_user.user)
+
+
+def role() -> Role | None:
+    return current_user.role if current_user.is_authenticated else None
+
+
+def has_role(*roles: Role) -> bool:
+    return role() in roles
+
+
+def sees_restricted() -> bool:
+    """DSL and admin read safeguarding details; nobody else does."""
+    return has_role(Role.DSL, Role.ADMIN)
+
+
+@contextmanager
+def reader() -> Iterator[Session]:
+    with instance().database.reader() as session:
+        yield session
+
+
+@contextmanager
+def writer() -> Iterator[Session]:
+    with instance().database.transaction() as session:
+        yield session
+
+
+# ------------------------------------------------------------------------------ errors
+
+
+def status_for(error: LockerError) -> int:
+    """The HTTP status of an error raised on purpose by the kiosk package."""
+    if isinstance(error, NotFound):
+        return 404
+    if isinstance(error, PermissionDenied):
+        return 403
+    if isinstance(error, ValidationError):
+        return 400
+    if isinstance(error, PolicyError | ConflictError):
+        return 409
+    return 400
+
+
+def wants_json() -> bool:
+    """JSON for the API, the simulator and ``*.json`` endpoints, or when asked for."""
+    path = request.path
+    if path.startswith(JSON_PREFIXES) or path == "/healthz" or path.endswith(".json"):
+        return True
+    best = request.accept_mimetypes.best_match(["application/json", "text/html"])
+    return (
+        best == "application/json"
+        and request.accept_mimetypes[best] > (request.accept_mimetypes["text/html"])
+    )
+
+
+def safe_back(default: str = "/") -> str:
+    """The page the person came from, when it is on this site; else ``default``."""
+    referrer = request.referrer or ""
+    parts = urlsplit(referrer)
+    if referrer and parts.netloc == request.host and parts.scheme in ("http", "https"):
+        return parts.path + (f"?{parts.query}" if parts.query else "")
+    return default
+
+
+def error_response(message: str, status: int, *, headers: dict[str, str] | None = None) -> Any:
+    if wants_json():
+        response = jsonify({"error": message})
+    else:
+        response = current_app.make_response(
+            render_template(
+                "error.html", status=status, message=message, back=safe_back(), wait=None
+            )
+        )
+    response.status_code = status
+    for key, value in (headers or {}).items():
+        response.headers[key] = value
+    return response
+
+
+HTTP_MESSAGES = {
+    400: "The request was not understood.",
+    401: "Please sign in.",
+    403: "Your role may not do this.",
+    404: "There is no such page or record.",
+    405: "That method is not allowed here.",
+    409: "That conflicts with the current state.",
+    413: "The upload is too large.",
+    415: "Send JSON (Content-Type: application/json).",
+    429: "Too many requests; wait a little.",
+    500: "Something went wrong; the error was logged.",
+}
+
+
+def register_error_handlers(app: Any) -> None:
+    @app.errorhandler(LockerError)
+    def locker_error(error: LockerError) -> Any:
+        return error_response(str(error), status_for(error))
+
+    @app.errorhandler(HTTPException)
+    def http_error(error: HTTPException) -> Any:
+        status = error.code or 500
+        custom = error.description if error.description != type(error).description else None
+        message = custom or HTTP_MESSAGES.get(status) or error.name
+        headers = dict(error.get_headers())
+        headers.pop("Content-Type", None)
+        return error_response(message, status, headers=headers)
+
+    @app.errorhandler(OperationalError)
+    def database_busy(error: OperationalError) -> Any:
+        log.warning("database error: %s", error.orig)
+        return error_response("The database is busy or unreachable; try again.", 503)
+
+
+# ------------------------------------------------------------------------------ input
+
+
+class IdConverter(BaseConverter):
+    """``<id:name>``: a record id of 1-12 digits (bigger numbers are simply not found)."""
+
+    regex = r"\d{1,12}"
+
+    def to_python(self, value: str) -> int:
+        return int(value)
+
+    def to_url(self, value: Any) -> str:
+        return str(int(value))
+
+
+def parse_date(value: str | None, what: str, default: date | None = None) -> date | None:
+    """A YYYY-MM-DD date from a form or query, ``default`` when empty."""
+    if value is None or not value.strip():
+        return default
+    try:
+        return date.fromisoformat(value.strip())
+    except ValueError:
+        raise ValidationError(f"{what}: expected a date YYYY-MM-DD, got {value[:20]!r}") from None
+
+
+def parse_int(value: Any, what: str, *, minimum: int = 0, maximum: int = 2**31 - 1) -> int:
+    if isinstance(value, bool):
+        raise ValidationError(f"{what} must be a whole number")
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ValidationError(f"{what} must be a whole number") from None
+    if not minimum <= number <= maximum:
+        raise ValidationError(f"{what} must be between {minimum} and {maximum}")
+    return number
+
+
+def today() -> date:
+    return instance().policy.school_day(now())
+
+
+def local(when: datetime | None, fmt: str = "%d %b %Y %H:%M") -> str:
+    if when is None:
+        return ""
+    return instance().policy.local(when).strftime(fmt)
+
+
+def age_text(when: datetime | None, reference: datetime | None = None) -> str:
+    """``3 min ago`` style text."""
+    if when is None:
+        return "never"
+    seconds = ((reference or now()) - when).total_seconds()
+    if seconds < 0:
+        seconds = 0
+    if seconds < 90:
+        return f"{int(seconds)} s ago"
+    if seconds < 90 * 60:
+        return f"{int(seconds // 60)} min ago"
+    if seconds < 36 * 3600:
+        return f"{seconds / 3600:.1f} h ago"
+    return f"{int(seconds // 86400)} days ago"
+
+
+def duration_text(delta: timedelta) -> str:
+    seconds = max(0, int(delta.total_seconds()))
+    if seconds < 3600:
+        return f"{seconds // 60} min"
+    if seconds < 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+
+
+def iso(when: datetime | None) -> str | None:
+    return when.astimezone(UTC).isoformat() if when is not None else None
