@@ -53,7 +53,13 @@ PI5_INSTALL_HINT = (
 
 
 def _fake_rpi() -> Any:
-    """Import fake_rpi quietly (it prints a banner) and switch off its per-call printing."""
+    """Import fake_rpi quietly (it prints a banner) and switch off its per-call printing.
+
+    Its package imports a picamera stand-in that pulls in numpy (over 10 MB in the kiosk
+    process); a locker has no camera, so an empty module takes that one's place."""
+    camera = "fake_rpi.picamera"
+    if camera not in sys.modules:
+        sys.modules[camera] = ModuleType(camera, "placeholder: the locker uses no camera")
     with contextlib.redirect_stdout(io.StringIO()):
         import fake_rpi
         import fake_rpi.RPi

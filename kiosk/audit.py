@@ -22,11 +22,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from kiosk.actors import Actor
 from kiosk.clock import Clock
+from kiosk.db import Executor, connection_of
 from kiosk.errors import AuditChainBroken
 from kiosk.models import AuditEvent, AuditHead
 
@@ -40,11 +41,6 @@ _HEAD = AuditHead.__table__
 # Built once: statement construction costs more than execution on the tap path.
 _READ_HEAD = select(_HEAD.c.seq, _HEAD.c.hash).where(_HEAD.c.id == 1).with_for_update()
 _INSERT_EVENT = insert(_EVENTS)
-_MOVE_HEAD = (
-    update(_HEAD)
-    .where(_HEAD.c.id == 1)
-    .values(seq=bindparam("new_seq"), hash=bindparam("new_hash"), updated_at=bindparam("at"))
-)
 _COLUMNS = (
     "seq",
     "occurred_at",
@@ -167,7 +163,7 @@ class AuditTrail:
 
     def record(
         self,
-        session: Session,
+        executor: Executor,
         clock: Clock,
         actor: Actor,
         kind: str,
@@ -177,28 +173,31 @@ class AuditTrail:
         pupil_id: int | None = None,
         details: Mapping[str, Any] | None = None,
         restricted: bool = False,
+        at: datetime | None = None,
     ) -> RecordedEvent:
         """Append one event in the caller's transaction (it commits or rolls back with it).
 
+        ``at`` is when it happened, if earlier than now (an observation written with the next
+        unit of work); by default the clock's now.
+
         ``restricted`` marks safeguarding details that only the DSL and admin may read.
-        Three statements (lock and read the head, insert, move the head), no ORM objects:
-        this runs on every tap.
+        Plain statements, no ORM objects: this runs on every tap. The head row moves with the
+        insert itself (a database trigger), so it always names the last event written.
         """
-        if session.new or session.dirty or session.deleted:
-            session.flush()  # pending ORM changes first, so the event follows what it records
-        connection = session.connection()
+        connection = connection_of(executor)
         # The head is read (and locked) once per transaction or savepoint: the cache is keyed
-        # by the innermost transaction, so leaving a savepoint (released or rolled back)
-        # always reads the head again and a rolled-back event can never be chained to.
-        scope = session.get_nested_transaction() or session.get_transaction()
-        cached = session.info.get(_HEAD_CACHE)
+        # by the connection's innermost transaction, so leaving a savepoint (released or
+        # rolled back) always reads the head again, and a rolled-back event can never be
+        # chained to.
+        scope = connection.get_nested_transaction() or connection.get_transaction()
+        cached = connection.info.get(_HEAD_CACHE)
         if cached is not None and cached[0] is scope:
             seq, prev_hash = cached[1], cached[2]
         else:
             seq, prev_hash = connection.execute(_READ_HEAD).one()
         event = RecordedEvent(
             seq=seq + 1,
-            occurred_at=clock.now(),
+            occurred_at=at or clock.now(),
             kind=kind,
             actor=actor.label,
             kiosk=kiosk if kiosk is not None else actor.kiosk,
@@ -210,12 +209,9 @@ class AuditTrail:
             hash="",
         )
         event.hash = self._hash_of(event, prev_hash)
+        # The insert moves the head too (a trigger of migration 0002).
         connection.execute(_INSERT_EVENT, {name: getattr(event, name) for name in _COLUMNS})
-        connection.execute(
-            _MOVE_HEAD,
-            {"new_seq": event.seq, "new_hash": event.hash, "at": event.occurred_at},
-        )
-        session.info[_HEAD_CACHE] = (scope, event.seq, event.hash)
+        connection.info[_HEAD_CACHE] = (scope, event.seq, event.hash)
         return event
 
     # ------------------------------------------------------------------------------------

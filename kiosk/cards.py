@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session, joinedload
 from kiosk.actors import Actor
 from kiosk.audit import AuditTrail
 from kiosk.clock import Clock
+from kiosk.db import Executor, connection_of
 from kiosk.errors import ConflictError, NotFound, ValidationError
 from kiosk.models import Card, Pupil, PupilStatus, User
 from kiosk.pupils import PupilRef
@@ -129,9 +130,9 @@ _HOLDER = (
 )
 
 
-def holder_of(session: Session, key: bytes, uid: bytes) -> CardHolder | None:
+def holder_of(executor: Executor, key: bytes, uid: bytes) -> CardHolder | None:
     """The holder of the active card ``uid``, in one query (this starts every tap)."""
-    row = session.connection().execute(_HOLDER, {"uid_hash": uid_hash(key, uid)}).first()
+    row = connection_of(executor).execute(_HOLDER, {"uid_hash": uid_hash(key, uid)}).first()
     if row is None:
         return None
     pupil = PupilRef(*row[1:7]) if row[1] is not None else None

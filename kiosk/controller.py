@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import Connection, bindparam, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -70,6 +70,8 @@ SCREEN_HOLD_S = 6.0
 ENROL_WAIT_S = 60.0
 UNLOCK_RETRY_S = 0.25
 UNLOCK_RETRIES = 40
+#: Longest a door-open observation waits to share a commit with other work (seconds).
+OBSERVATION_DELAY_S = 0.1
 COMMAND_RESULT_PURPOSES = ("office", "release", "confiscation", "police", "check", "return")
 
 
@@ -168,6 +170,33 @@ class Mode:
     command_id: int | None = None
 
 
+class Work:
+    """One unit of work of the kiosk: ``connection`` (the kiosk's own, in a transaction) for
+    the plain statements of the tap-to-unlock path, and ``orm``, a session joined to the same
+    transaction, made only when a rarer path needs objects."""
+
+    __slots__ = ("_orm", "connection")
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+        self._orm: Session | None = None
+
+    @property
+    def orm(self) -> Session:
+        if self._orm is None:
+            self._orm = Session(bind=self.connection, expire_on_commit=False)
+        return self._orm
+
+    def flush(self) -> None:
+        if self._orm is not None:
+            self._orm.flush()
+
+    def close(self) -> None:
+        if self._orm is not None:
+            self._orm.close()
+            self._orm = None
+
+
 class Controller:
     """Turns taps, door edges and commands into custody, for one cabinet.
 
@@ -214,6 +243,8 @@ class Controller:
         self._published: dict[str, Any] | None = None
         self.failed_unlocks: dict[int, int] = {}
         self.compartment_ids: dict[int, int] = {}
+        self._connection: Connection | None = None
+        self._observations: list[tuple[int, bool, datetime]] = []
         self.stopped = False
 
     # ======================================================================== lifecycle
@@ -289,6 +320,11 @@ class Controller:
         except HardwareError:
             log.exception("stopping the reader failed")
         self.cabinet.lock_all()
+        if self._observations:
+            try:
+                self._timer_observations(None)
+            except SQLAlchemyError:
+                log.exception("could not record the last door openings")
         try:
             self.cabinet.indicators.off()
         except HardwareError:
@@ -296,9 +332,12 @@ class Controller:
         try:
             with self.db.transaction() as session:
                 self.audit.record(session, self.clock, self.actor, "kiosk.stopped")
-                self._write_state(session, status="stopped")
+                self._write_state(session.connection(), status="stopped")
         except SQLAlchemyError:
             log.exception("could not record the shutdown")
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
         log.info("kiosk %s stopped; every lock is de-energised", self.config.name)
 
     # ======================================================================== event plumbing
@@ -381,11 +420,21 @@ class Controller:
         return session.merge(self._kiosk, load=False)
 
     @contextmanager
-    def _unit(self) -> Iterator[Session]:
-        """One unit of work that also publishes the kiosk's state (screen, alarms)."""
-        with self.db.transaction() as session:
-            yield session
-            self._write_state(session)
+    def _unit(self) -> Iterator[Work]:
+        """One unit of work on the kiosk's connection, publishing the kiosk's state (screen,
+        alarms) with it; everything in it commits together or not at all."""
+        if self._connection is None:
+            self._connection = self.db.writer_connection()
+        work = Work(self._connection)
+        try:
+            with self._connection.begin():
+                if self._observations:
+                    self._write_observations(work)
+                yield work
+                work.flush()
+                self._write_state(work.connection)
+        finally:
+            work.close()
         self.faults.pop("database", None)
 
     # ======================================================================== taps
@@ -394,26 +443,26 @@ class Controller:
         """A card arrived: decide, commit the decision (intent first), then unlock."""
         unlock: Unlock | None = None
         tone = "refused"
-        with self._unit() as session:
-            card = cards.holder_of(session, self.instance.card_key, tap.uid)
+        with self._unit() as work:
+            card = cards.holder_of(work.connection, self.instance.card_key, tap.uid)
             holder = "unknown"
             if self.mode.name == "enrol" and card is None:
-                tone = self._enrol_card(session, tap)
+                tone = self._enrol_card(work, tap)
                 holder = "new card"
             elif card is None:
                 self._show("refused", "Card not recognised", "Please see the school office.")
             elif card.user is not None:
-                tone = self._staff_tap(session, card.user)
+                tone = self._staff_tap(work, card.user)
                 holder = f"staff:{card.user.username}"
             else:
                 assert card.pupil is not None
                 holder = f"pupil:{card.pupil.admission_number}"
                 if self.mode.name == "staff":
-                    unlock, tone = self._confiscate_at_kiosk(session, card.pupil)
+                    unlock, tone = self._confiscate_at_kiosk(work, card.pupil)
                 else:
-                    unlock, tone = self._pupil_tap(session, card.pupil)
+                    unlock, tone = self._pupil_tap(work, card.pupil)
             self.audit.record(
-                session,
+                work.connection,
                 self.clock,
                 self.actor,
                 "tap",
@@ -429,7 +478,7 @@ class Controller:
             self._start_unlock(unlock)
         self._signal(tone)
 
-    def _pupil_tap(self, session: Session, pupil: PupilRef) -> tuple[Unlock | None, str]:
+    def _pupil_tap(self, work: Work, pupil: PupilRef) -> tuple[Unlock | None, str]:
         """A pupil's card in pupil mode: collect, deposit, or say why not."""
         name = self.policy.display_name(pupil)
         who = Actor.for_pupil(pupil, self.config.name)
@@ -437,7 +486,7 @@ class Controller:
             self._show("refused", "Card not active", "Please see the school office.")
             return None, "refused"
         now = self.clock.now()
-        daily = self.ledger.daily_ref(session, pupil.id)
+        daily = self.ledger.daily_ref(work.connection, pupil.id)
         if daily is not None and daily.kiosk != self.config.name:
             self._show(
                 "refused",
@@ -471,7 +520,7 @@ class Controller:
                 )
                 return Unlock(number, purpose, daily, name=name, actor=who), "ok"
             try:
-                self.ledger.check_collect(session, who, self.clock, daily)
+                self.ledger.check_collect(work.connection, who, self.clock, daily)
             except LockerError as exc:
                 self._show("refused", f"Hello {name}", str(exc).capitalize() + ".", name=name)
                 return None, "refused"
@@ -485,7 +534,7 @@ class Controller:
             return Unlock(number, "collect", daily, name=name, actor=who), "ok"
         if not self.policy.in_deposit_window(now) and any(
             record.state in (CustodyState.CONFISCATED, CustodyState.SAFEGUARDING_HOLD)
-            for record in self.ledger.active_records(session, pupil.id)
+            for record in self.ledger.active_records(work.orm, pupil.id)
         ):
             self._show(
                 "refused",
@@ -499,11 +548,11 @@ class Controller:
             return None, "refused"
         try:  # start_deposit checks everything before it writes anything
             record = self.ledger.start_deposit(
-                session,
+                work.connection,
                 who,
                 self.clock,
                 pupil=pupil,
-                kiosk=self._kiosk_in(session),
+                kiosk=self._kiosk,
                 timeout_s=self.config.deposit_timeout_s,
             )
         except LockerError as exc:
@@ -521,7 +570,7 @@ class Controller:
         self._after(max(0.0, (record.pending_until - now).total_seconds()), "pending", record.id)
         return Unlock(number, "deposit", record, name=name, actor=who), "ok"
 
-    def _staff_tap(self, session: Session, user: StaffRef) -> str:
+    def _staff_tap(self, work: Work, user: StaffRef) -> str:
         if not user.active:
             self._show("refused", "Card not active", "Please see the school office.")
             return "refused"
@@ -543,26 +592,26 @@ class Controller:
             hold_s=self.config.staff_mode_s,
         )
         self.audit.record(
-            session, self.clock, Actor.for_user(user, self.config.name), "kiosk.staff_mode"
+            work.connection, self.clock, Actor.for_user(user, self.config.name), "kiosk.staff_mode"
         )
         return "ok"
 
-    def _confiscate_at_kiosk(self, session: Session, pupil: PupilRef) -> tuple[Unlock | None, str]:
-        staff = session.get(User, self.mode.staff_user_id)
+    def _confiscate_at_kiosk(self, work: Work, pupil: PupilRef) -> tuple[Unlock | None, str]:
+        staff = work.orm.get(User, self.mode.staff_user_id)
         self._end_mode()
         if staff is None or not staff.active:
             self._show("refused", "Staff mode ended", "Tap your staff card again.")
             return None, "refused"
         name = self.policy.display_name(pupil)
         try:
-            with session.begin_nested():
+            with work.orm.begin_nested():
                 record = self.ledger.confiscate(
-                    session,
+                    work.orm,
                     Actor.for_user(staff, self.config.name),
                     self.clock,
                     pupil=pupil,
                     reason=f"confiscated at kiosk {self.config.name} by {staff.display_name}",
-                    kiosk=self._kiosk_in(session),
+                    kiosk=self._kiosk_in(work.orm),
                 )
         except LockerError as exc:
             self._show("refused", "Cannot confiscate", str(exc).capitalize() + ".")
@@ -576,15 +625,15 @@ class Controller:
         )
         return Unlock(number, "confiscation", RecordRef.of(record), name=name), "ok"
 
-    def _enrol_card(self, session: Session, tap: Tap) -> str:
-        pupil = session.get(Pupil, self.mode.enrol_pupil_id) if self.mode.enrol_pupil_id else None
-        user = session.get(User, self.mode.enrol_user_id) if self.mode.enrol_user_id else None
+    def _enrol_card(self, work: Work, tap: Tap) -> str:
+        pupil = work.orm.get(Pupil, self.mode.enrol_pupil_id) if self.mode.enrol_pupil_id else None
+        user = work.orm.get(User, self.mode.enrol_user_id) if self.mode.enrol_user_id else None
         command_id = self.mode.command_id
         self._end_mode()
         try:
-            with session.begin_nested():
+            with work.orm.begin_nested():
                 card = cards.enrol(
-                    session,
+                    work.orm,
                     self.actor,
                     self.clock,
                     self.audit,
@@ -595,10 +644,10 @@ class Controller:
                 )
         except LockerError as exc:
             self._show("refused", "Card not enrolled", str(exc))
-            self._finish_command(session, command_id, error=str(exc))
+            self._finish_command(work, command_id, error=str(exc))
             return "refused"
         self._show("ok", "Card enrolled", self.mode.enrol_label or "")
-        self._finish_command(session, command_id, result={"card": card.id})
+        self._finish_command(work, command_id, result={"card": card.id})
         return "ok"
 
     def _end_mode(self) -> None:
@@ -607,9 +656,9 @@ class Controller:
 
     def _timer_mode_end(self, _key: Any) -> None:
         if self.mode.name == "enrol" and self.mode.command_id:
-            with self._unit() as session:
+            with self._unit() as work:
                 self._finish_command(
-                    session, self.mode.command_id, error="no new card was tapped in time"
+                    work, self.mode.command_id, error="no new card was tapped in time"
                 )
                 self._end_mode()
                 self._show_idle()
@@ -648,11 +697,11 @@ class Controller:
         opened = event.door_opened or unlock.door_opened or event.number in self.awaiting_close
         if opened:
             if self.failed_unlocks.get(event.number) or unlock.command_id is not None:
-                with self._unit() as session:
+                with self._unit() as work:
                     if self.failed_unlocks.pop(event.number, 0):
-                        self._compartment(session, event.number, failed_unlocks=0)
+                        self._compartment(work, event.number, failed_unlocks=0)
                     self._finish_command(
-                        session,
+                        work,
                         unlock.command_id,
                         result={"compartment": event.number, "opened": True},
                     )
@@ -663,8 +712,8 @@ class Controller:
     def _unlock_failed(self, unlock: Unlock, why: str) -> None:
         """The door never opened: undo what was waiting for it, count the failure."""
         self.unlocks.pop(unlock.number, None)
-        with self._unit() as session:
-            compartment = session.get(Compartment, self.compartment_ids[unlock.number])
+        with self._unit() as work:
+            compartment = work.orm.get(Compartment, self.compartment_ids[unlock.number])
             compartment.failed_unlocks += 1
             self.failed_unlocks[unlock.number] = compartment.failed_unlocks
             compartment.updated_at = self.clock.now()
@@ -678,7 +727,7 @@ class Controller:
                     "(jammed lock?)"
                 )
                 self.audit.record(
-                    session,
+                    work.connection,
                     self.clock,
                     self.actor,
                     "compartment.out_of_service",
@@ -687,14 +736,14 @@ class Controller:
                         "reason": compartment.out_of_service_reason,
                     },
                 )
-            record = session.get(CustodyRecord, unlock.custody_id) if unlock.custody_id else None
+            record = work.orm.get(CustodyRecord, unlock.custody_id) if unlock.custody_id else None
             if (
                 unlock.purpose == "deposit"
                 and record is not None
                 and record.state is CustodyState.PENDING_DEPOSIT
             ):
                 self.ledger.cancel_deposit(
-                    session, self.actor, self.clock, record, reason=f"{why}; nothing was deposited"
+                    work.orm, self.actor, self.clock, record, reason=f"{why}; nothing was deposited"
                 )
                 self._cancel("pending", record.id)
                 self._show(
@@ -704,7 +753,7 @@ class Controller:
                     name=unlock.name,
                 )
             elif unlock.purpose == "confiscation" and record is not None:
-                self._confiscation_not_stored(session, record, unlock.number, why)
+                self._confiscation_not_stored(work, record, unlock.number, why)
                 self._show(
                     "refused", "The door did not open", "Take the device to the school office."
                 )
@@ -716,13 +765,13 @@ class Controller:
                     name=unlock.name,
                 )
             self._finish_command(
-                session, unlock.command_id, error=f"compartment {unlock.number}: {why}"
+                work, unlock.command_id, error=f"compartment {unlock.number}: {why}"
             )
         self._open_all_next(unlock.number, opened=False)
         self._signal("refused")
 
     def _confiscation_not_stored(
-        self, session: Session, record: CustodyRecord, number: int, why: str
+        self, work: Work, record: CustodyRecord, number: int, why: str
     ) -> None:
         """The secure compartment never opened: the device is still in a member of staff's
         hand, so the record moves to the office safe and is flagged."""
@@ -732,7 +781,7 @@ class Controller:
         ):
             record.compartment_id = None
             self.ledger.flag(
-                session,
+                work.orm,
                 self.actor,
                 self.clock,
                 record,
@@ -754,23 +803,22 @@ class Controller:
 
     def _door_opened(self, number: int, forced: bool) -> None:
         unlock = self.unlocks.get(number)
-        with self._unit() as session:
-            self._compartment(session, number, door_open=True)
-            expected = unlock is not None
-            self.audit.record(
-                session,
-                self.clock,
-                self.actor,
-                "door.opened",
-                details={"compartment": number, "expected": expected},
-            )
-            if unlock is not None:
-                unlock.door_opened = True
-                self.awaiting_close[number] = unlock
-                if unlock.purpose == "collect":
-                    self._collected(session, unlock)
-            elif forced:
-                self._raise_alarm(session, number, "forced")
+        expected = unlock is not None
+        if unlock is not None:
+            unlock.door_opened = True
+            self.awaiting_close[number] = unlock
+        if forced or (unlock is not None and unlock.purpose == "collect"):
+            with self._unit() as work:  # an alarm, or custody changes: commit it now
+                self._observe_door_opened(work, number, expected, self.clock.now())
+                if forced:
+                    self._raise_alarm(work, number, "forced")
+                else:
+                    self._collected(work, unlock)
+        else:
+            # A plain observation: written with the next unit of work, or within
+            # OBSERVATION_DELAY_S, with the time it happened (group commit).
+            self._observations.append((number, expected, self.clock.now()))
+            self._after(OBSERVATION_DELAY_S, "observations")
         if unlock is not None:
             try:
                 self.cabinet.locks[number].lock()  # the latch has done its job
@@ -778,18 +826,40 @@ class Controller:
                 self._set_fault("hardware", f"lock {number}: {exc}")
         self._after(self.config.door_open_alarm_s, "door_alarm", number)
 
-    def _collected(self, session: Session, unlock: Unlock) -> None:
+    def _observe_door_opened(self, work: Work, number: int, expected: bool, at: datetime) -> None:
+        self._compartment(work, number, door_open=True)
+        self.audit.record(
+            work.connection,
+            self.clock,
+            self.actor,
+            "door.opened",
+            details={"compartment": number, "expected": expected},
+            at=at,
+        )
+
+    def _write_observations(self, work: Work) -> None:
+        """Door openings seen since the last unit of work, first, in the order seen."""
+        observations, self._observations = self._observations, []
+        for number, expected, at in observations:
+            self._observe_door_opened(work, number, expected, at)
+
+    def _timer_observations(self, _key: Any) -> None:
+        if self._observations:
+            with self._unit():
+                pass  # the unit writes them
+
+    def _collected(self, work: Work, unlock: Unlock) -> None:
         """The door opened for a collection: the device is the pupil's again."""
         record = unlock.record
         if record is None or record.state is not CustodyState.IN_LOCKER:
             return
         try:
-            with session.begin_nested():
-                self.ledger.collect(session, unlock.actor or self.actor, self.clock, record)
+            with work.connection.begin_nested():
+                self.ledger.collect(work.connection, unlock.actor or self.actor, self.clock, record)
         except LockerError as exc:  # the window closed, or the office acted, meanwhile
             log.warning("collection of record %s not recorded: %s", record.id, exc)
             self.ledger.flag(
-                session,
+                work.connection,
                 self.actor,
                 self.clock,
                 record,
@@ -808,16 +878,20 @@ class Controller:
     def _door_closed(self, number: int) -> None:
         self._cancel("door_alarm", number)
         unlock = self.awaiting_close.pop(number, None)
-        with self._unit() as session:
-            self._compartment(session, number, door_open=False)
+        with self._unit() as work:
+            self._compartment(work, number, door_open=False)
             self.audit.record(
-                session, self.clock, self.actor, "door.closed", details={"compartment": number}
+                work.connection,
+                self.clock,
+                self.actor,
+                "door.closed",
+                details={"compartment": number},
             )
             if number in self.alarms:
                 alarm = self.alarms.pop(number)
-                self._compartment(session, number, alarm=None)
+                self._compartment(work, number, alarm=None)
                 self.audit.record(
-                    session,
+                    work.connection,
                     self.clock,
                     self.actor,
                     "door.alarm_cleared",
@@ -826,16 +900,16 @@ class Controller:
                 if not self.alarms:
                     self._show_idle()
             if unlock is not None:
-                self._door_closed_after_unlock(session, unlock)
+                self._door_closed_after_unlock(work, unlock)
         if unlock is not None and unlock.purpose in ("deposit", "reconfirm", "confiscation"):
             self._signal("ok")
         elif not self.alarms:
             self._indicate("idle")
 
-    def _door_closed_after_unlock(self, session: Session, unlock: Unlock) -> None:
+    def _door_closed_after_unlock(self, work: Work, unlock: Unlock) -> None:
         record = unlock.record
         if record is None and unlock.custody_id is not None:  # opened by a command
-            loaded = session.get(CustodyRecord, unlock.custody_id)
+            loaded = work.orm.get(CustodyRecord, unlock.custody_id)
             record = RecordRef.of(loaded) if loaded is not None else None
         locked_away = ("Locked away", f"Compartment {unlock.number}. Have a good day!")
         try:
@@ -844,12 +918,12 @@ class Controller:
                 and record is not None
                 and record.state is CustodyState.PENDING_DEPOSIT
             ):
-                self.ledger.confirm_deposit(session, self.actor, self.clock, record)
+                self.ledger.confirm_deposit(work.connection, self.actor, self.clock, record)
                 self._cancel("pending", record.id)
                 self._show("ok", *locked_away, name=unlock.name, compartment=unlock.number)
             elif unlock.purpose == "reconfirm" and record is not None and record.flag:
                 self.ledger.clear_flag(
-                    session,
+                    work.connection,
                     self.actor,
                     self.clock,
                     record,
@@ -861,7 +935,7 @@ class Controller:
                 and record is not None
                 and record.state in (CustodyState.CONFISCATED, CustodyState.SAFEGUARDING_HOLD)
             ):
-                self.ledger.mark_stored(session, self.actor, self.clock, record)
+                self.ledger.mark_stored(work.connection, self.actor, self.clock, record)
                 self._show(
                     "ok",
                     "Device secured",
@@ -876,17 +950,17 @@ class Controller:
     def _timer_door_alarm(self, number: int) -> None:
         if not self.cabinet.doors[number].is_open or number in self.alarms:
             return
-        with self._unit() as session:
-            self._raise_alarm(session, number, "door_open")
+        with self._unit() as work:
+            self._raise_alarm(work, number, "door_open")
             unlock = self.awaiting_close.get(number)
             record = unlock.record if unlock is not None else None
             if record is not None and record.state is CustodyState.PENDING_DEPOSIT:
                 # The device is most likely inside: keep it, and tell the office.
                 self.ledger.confirm_deposit(
-                    session, self.actor, self.clock, record, how="door left open"
+                    work.connection, self.actor, self.clock, record, how="door left open"
                 )
                 self.ledger.flag(
-                    session,
+                    work.connection,
                     self.actor,
                     self.clock,
                     record,
@@ -896,15 +970,17 @@ class Controller:
                 self._cancel("pending", record.id)
                 unlock.purpose = "left_open"
 
-    def _raise_alarm(self, session: Session, number: int, kind: str) -> None:
+    def _raise_alarm(self, work: Work, number: int, kind: str) -> None:
         self.alarms[number] = {
             "compartment": number,
             "kind": kind,
             "since": self.clock.now().isoformat(),
         }
-        self._compartment(session, number, alarm=kind)
+        self._compartment(work, number, alarm=kind)
         event = "door.forced" if kind == "forced" else "door.left_open"
-        self.audit.record(session, self.clock, self.actor, event, details={"compartment": number})
+        self.audit.record(
+            work.connection, self.clock, self.actor, event, details={"compartment": number}
+        )
         title = "Door forced open" if kind == "forced" else "Please close the door"
         self._show("alarm", title, f"Compartment {number}.", compartment=number, hold_s=0)
         self._indicate("alarm", beep="alarm")
@@ -913,15 +989,15 @@ class Controller:
 
     def _timer_pending(self, record_id: int) -> None:
         """A deposit's deadline passed: settle it if the pulse-end did not."""
-        with self._unit() as session:
-            record = session.get(CustodyRecord, record_id)
+        with self._unit() as work:
+            record = work.orm.get(CustodyRecord, record_id)
             if record is None or record.state is not CustodyState.PENDING_DEPOSIT:
                 return
             number = record.compartment.number
             if number in self.awaiting_close or number in self.unlocks:
                 return  # the door is open or opening: its close or alarm settles it
             self.ledger.cancel_deposit(
-                session, self.actor, self.clock, record, reason="the door was not opened in time"
+                work.orm, self.actor, self.clock, record, reason="the door was not opened in time"
             )
 
     # ======================================================================== commands
@@ -946,16 +1022,16 @@ class Controller:
             )
             result = handler(command_id, payload)
         except (LockerError, HardwareError, KeyError, ValueError) as exc:
-            with self._unit() as session:
-                self._finish_command(session, command_id, error=str(exc) or type(exc).__name__)
+            with self._unit() as work:
+                self._finish_command(work, command_id, error=str(exc) or type(exc).__name__)
             return
         if result is not None:  # finished at once; otherwise later (door, card)
-            with self._unit() as session:
-                self._finish_command(session, command_id, result=result)
+            with self._unit() as work:
+                self._finish_command(work, command_id, result=result)
 
     def _finish_command(
         self,
-        session: Session,
+        work: Work,
         command_id: int | None,
         *,
         result: dict[str, Any] | None = None,
@@ -963,10 +1039,10 @@ class Controller:
     ) -> None:
         if command_id is None:
             return
-        command = session.get(Command, command_id)
+        command = work.orm.get(Command, command_id)
         if command is not None and command.status is CommandStatus.RUNNING:
             commands.finish(
-                session, self.actor, self.clock, self.audit, command, result=result, error=error
+                work.orm, self.actor, self.clock, self.audit, command, result=result, error=error
             )
 
     def _command_open_compartment(self, command_id: int, payload: dict[str, Any]) -> None:
@@ -990,9 +1066,9 @@ class Controller:
             raise ValueError("open all is already running")
         numbers = deque(sorted(self.compartment_ids))
         self.open_all = OpenAll(command_id, numbers)
-        with self._unit() as session:
+        with self._unit() as work:
             self.audit.record(
-                session,
+                work.connection,
                 self.clock,
                 self.actor,
                 "emergency.open_all",
@@ -1019,9 +1095,9 @@ class Controller:
             self._start_unlock(Unlock(number, "open_all"))
         if not batch.waiting and not batch.in_flight:
             self.open_all = None
-            with self._unit() as session:
+            with self._unit() as work:
                 self._finish_command(
-                    session,
+                    work,
                     batch.command_id,
                     result={"opened": sorted(batch.opened), "failed": sorted(batch.failed)},
                 )
@@ -1091,9 +1167,9 @@ class Controller:
             "flagged": 0,
             "doors_open": 0,
         }
-        with self._unit() as session:
+        with self._unit() as work:
             summary["abandoned_commands"] = commands.fail_abandoned(
-                session, self.clock, self.kiosk_id, "the kiosk restarted during this command"
+                work.orm, self.clock, self.kiosk_id, "the kiosk restarted during this command"
             )
             open_doors = {
                 number
@@ -1101,13 +1177,13 @@ class Controller:
                 if door.is_open and number in self.compartment_ids
             }
             for number, compartment_id in self.compartment_ids.items():
-                session.execute(
+                work.orm.execute(
                     update(Compartment)
                     .where(Compartment.id == compartment_id)
                     .values(door_open=number in open_doors, alarm=None)
                 )
             records = (
-                session.execute(
+                work.orm.execute(
                     select(CustodyRecord)
                     .join(Compartment, Compartment.id == CustodyRecord.compartment_id)
                     .where(
@@ -1140,10 +1216,14 @@ class Controller:
                         summary["confirmed_open"] += 1
                     else:
                         self.ledger.confirm_deposit(
-                            session, self.actor, self.clock, record, how="kiosk restart: unverified"
+                            work.orm,
+                            self.actor,
+                            self.clock,
+                            record,
+                            how="kiosk restart: unverified",
                         )
                         self.ledger.flag(
-                            session,
+                            work.orm,
                             self.actor,
                             self.clock,
                             record,
@@ -1161,7 +1241,7 @@ class Controller:
                         waiting.add(number)
                     elif record.flag is None:
                         self.ledger.flag(
-                            session,
+                            work.orm,
                             self.actor,
                             self.clock,
                             record,
@@ -1171,13 +1251,13 @@ class Controller:
                         )
                         summary["flagged"] += 1
             for number in sorted(open_doors - waiting):
-                self._raise_alarm(session, number, "door_open")
+                self._raise_alarm(work, number, "door_open")
             for number in open_doors:
                 self._after(self.config.door_open_alarm_s, "door_alarm", number)
             summary["doors_open"] = len(open_doors)
-            commands.cancel_stale(session, self.clock, self.kiosk_id)
+            commands.cancel_stale(work.orm, self.clock, self.kiosk_id)
             self.audit.record(
-                session,
+                work.connection,
                 self.clock,
                 self.actor,
                 "kiosk.started",
@@ -1190,12 +1270,14 @@ class Controller:
     def _heartbeat(self) -> None:
         self._next_heartbeat = self.clock.monotonic() + self.config.heartbeat_s
         now = self.clock.now()
-        with self._unit() as session:
-            session.execute(update(Kiosk).where(Kiosk.id == self.kiosk_id).values(heartbeat_at=now))
-            commands.cancel_stale(session, self.clock, self.kiosk_id)
+        with self._unit() as work:
+            work.connection.execute(
+                update(Kiosk).where(Kiosk.id == self.kiosk_id).values(heartbeat_at=now)
+            )
+            commands.cancel_stale(work.orm, self.clock, self.kiosk_id)
             today = self.policy.school_day(now)
             if self._swept_day != today and now >= self.policy.end_of_day(today):
-                self.ledger.flag_uncollected(session, self.actor, self.clock)
+                self.ledger.flag_uncollected(work.orm, self.actor, self.clock)
                 self._swept_day = today
         self.notifier.status(self._status_line())
 
@@ -1260,16 +1342,14 @@ class Controller:
             "alarms": list(self.alarms.values()),
         }
 
-    def _write_state(self, session: Session, status: str | None = None) -> None:
+    def _write_state(self, connection: Connection, status: str | None = None) -> None:
         """Publish the kiosk's state (screen, alarms, faults) if it changed."""
         state = self._state(status)
         if state != self._published:
-            session.connection().execute(
-                _PUBLISH_STATE, {"kiosk_id": self.kiosk_id, "state": state}
-            )
+            connection.execute(_PUBLISH_STATE, {"kiosk_id": self.kiosk_id, "state": state})
             self._published = state
 
-    def _compartment(self, session: Session, number: int, **values: Any) -> None:
+    def _compartment(self, work: Work, number: int, **values: Any) -> None:
         """Update columns of one compartment (door, alarm, failures) with a pre-built
         statement: this runs on every door edge."""
         names = tuple(sorted(values))
@@ -1285,7 +1365,7 @@ class Controller:
         params = {f"new_{name}": value for name, value in values.items()}
         params["new_updated_at"] = self.clock.now()
         params["compartment_id"] = self.compartment_ids[number]
-        session.connection().execute(statement, params)
+        work.connection.execute(statement, params)
 
     # ======================================================================== faults, signals
 
@@ -1296,9 +1376,9 @@ class Controller:
             return
         log.error("kiosk fault: %s", message)
         try:
-            with self._unit() as session:
+            with self._unit() as work:
                 self.audit.record(
-                    session,
+                    work.connection,
                     self.clock,
                     self.actor,
                     "kiosk.fault",
@@ -1313,9 +1393,13 @@ class Controller:
         if self.faults.pop(key, None) is None:
             return
         log.info("kiosk fault cleared: %s", key)
-        with self._unit() as session:
+        with self._unit() as work:
             self.audit.record(
-                session, self.clock, self.actor, "kiosk.fault_cleared", details={"fault": key}
+                work.connection,
+                self.clock,
+                self.actor,
+                "kiosk.fault_cleared",
+                details={"fault": key},
             )
             self._show_idle()
         self._indicate("idle")

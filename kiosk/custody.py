@@ -25,6 +25,7 @@ from kiosk import exemptions
 from kiosk.actors import STAFF_ROLES, Actor, ActorRole
 from kiosk.audit import AuditTrail
 from kiosk.clock import Clock
+from kiosk.db import Executor, connection_of
 from kiosk.errors import (
     ConflictError,
     NotFound,
@@ -352,10 +353,10 @@ class CustodyLedger:
         """The pupil's deposit that is pending or in a locker, if any."""
         return session.execute(_ACTIVE_DAILY, {"pupil_id": pupil_id}).scalar_one_or_none()
 
-    def daily_ref(self, session: Session, pupil_id: int) -> RecordRef | None:
+    def daily_ref(self, session: Executor, pupil_id: int) -> RecordRef | None:
         """The pupil's active deposit as a :class:`RecordRef` (compartment number and kiosk
         name included), in one query; None when there is none."""
-        row = session.connection().execute(_DAILY_REF, {"pupil_id": pupil_id}).first()
+        row = connection_of(session).execute(_DAILY_REF, {"pupil_id": pupil_id}).first()
         return RecordRef(*row) if row is not None else None
 
     def active_records(self, session: Session, pupil_id: int) -> list[CustodyRecord]:
@@ -383,7 +384,7 @@ class CustodyLedger:
         return sorted(found, key=lambda compartment: compartment.number)
 
     def allocate(
-        self, session: Session, kiosk: Kiosk, kind: CompartmentKind, pupil_id: int | None = None
+        self, session: Executor, kiosk: Kiosk, kind: CompartmentKind, pupil_id: int | None = None
     ) -> tuple[int, int]:
         """A free compartment of ``kind`` in ``kiosk`` as (id, number): the one the pupil used
         last when it is free, else the lowest-numbered. ConflictError when none is free.
@@ -391,7 +392,7 @@ class CustodyLedger:
         The database's unique index is the last word if two writers pick the same one."""
         chosen = None
         if pupil_id is not None:
-            connection = session.connection()
+            connection = connection_of(session)
             last = connection.execute(
                 _LAST_USED[kind], {"pupil_id": pupil_id, "kiosk_id": kiosk.id}
             ).first()
@@ -400,7 +401,9 @@ class CustodyLedger:
             ):
                 chosen = last
         if chosen is None:
-            chosen = session.connection().execute(_FIRST_FREE[kind], {"kiosk_id": kiosk.id}).first()
+            chosen = (
+                connection_of(session).execute(_FIRST_FREE[kind], {"kiosk_id": kiosk.id}).first()
+            )
         if chosen is None:
             what = "secure compartment" if kind is CompartmentKind.SECURE else "compartment"
             raise ConflictError(f"no free {what} in {kiosk.label}")
@@ -440,7 +443,7 @@ class CustodyLedger:
 
     def _write(
         self,
-        session: Session,
+        session: Executor,
         record: Record,
         changes: dict[str, Any],
         *,
@@ -458,7 +461,7 @@ class CustodyLedger:
             params["expected_state"] = expected
         statement = _update_statement(columns, expected is not None)
         try:
-            result = session.connection().execute(statement, params)
+            result = connection_of(session).execute(statement, params)
         except IntegrityError as exc:
             raise self._conflict(exc) from None
         if result.rowcount != 1:
@@ -491,7 +494,7 @@ class CustodyLedger:
 
     def _move(
         self,
-        session: Session,
+        session: Executor,
         actor: Actor,
         clock: Clock,
         record: Record,
@@ -526,7 +529,7 @@ class CustodyLedger:
 
     def _event(
         self,
-        session: Session,
+        session: Executor,
         actor: Actor,
         clock: Clock,
         ref: RecordRef,
@@ -557,10 +560,12 @@ class CustodyLedger:
             restricted=restricted,
         )
 
-    def _insert(self, session: Session, values: dict[str, Any]) -> int:
+    def _insert(self, session: Executor, values: dict[str, Any]) -> int:
         defaults = {"ever_held": False, "id_checked": False, "version": 1}
         try:
-            return session.connection().execute(_INSERT_RECORD, {**defaults, **values}).scalar_one()
+            return (
+                connection_of(session).execute(_INSERT_RECORD, {**defaults, **values}).scalar_one()
+            )
         except IntegrityError as exc:
             raise self._conflict(exc) from None
 
@@ -568,7 +573,7 @@ class CustodyLedger:
 
     def start_deposit(
         self,
-        session: Session,
+        session: Executor,
         actor: Actor,
         clock: Clock,
         *,
@@ -633,7 +638,7 @@ class CustodyLedger:
 
     def confirm_deposit(
         self,
-        session: Session,
+        session: Executor,
         actor: Actor,
         clock: Clock,
         record: Record,
@@ -652,7 +657,7 @@ class CustodyLedger:
         )
 
     def cancel_deposit(
-        self, session: Session, actor: Actor, clock: Clock, record: Record, *, reason: str
+        self, session: Executor, actor: Actor, clock: Clock, record: Record, *, reason: str
     ) -> Record:
         reason = clean_text(reason, "the reason", max_length=500)
         return self._move(
@@ -665,13 +670,13 @@ class CustodyLedger:
             details={"reason": reason},
         )
 
-    def may_collect_now(self, session: Session, pupil_id: int, when: datetime) -> bool:
+    def may_collect_now(self, session: Executor, pupil_id: int, when: datetime) -> bool:
         """In the collection window, or exempt today."""
         return self.policy.in_collection_window(when) or exemptions.is_exempt(
             session, pupil_id, self.policy.school_day(when)
         )
 
-    def check_collect(self, session: Session, actor: Actor, clock: Clock, record: Record) -> None:
+    def check_collect(self, session: Executor, actor: Actor, clock: Clock, record: Record) -> None:
         """Raise why ``actor`` may not collect ``record`` now (nothing is written)."""
         ref = _ref(record)
         self._authorise(Operation.COLLECT, actor, ref)
@@ -682,7 +687,7 @@ class CustodyLedger:
                 f"devices are collected between {self.policy.config.collection_window}"
             )
 
-    def collect(self, session: Session, actor: Actor, clock: Clock, record: Record) -> Record:
+    def collect(self, session: Executor, actor: Actor, clock: Clock, record: Record) -> Record:
         """IN_LOCKER -> COLLECTED (the kiosk calls it once the door is seen open)."""
         self.check_collect(session, actor, clock, record)
         return self._move(session, actor, clock, record, Operation.COLLECT)
@@ -779,7 +784,7 @@ class CustodyLedger:
         assert new is not None
         return new
 
-    def mark_stored(self, session: Session, actor: Actor, clock: Clock, record: Record) -> Record:
+    def mark_stored(self, session: Executor, actor: Actor, clock: Clock, record: Record) -> Record:
         """The door of the compartment holding a confiscated device closed: it is secured.
         Harmless when it already was."""
         ref = _ref(record)
@@ -794,7 +799,7 @@ class CustodyLedger:
     # ---------------------------------------------------------------- safeguarding
 
     def hold(
-        self, session: Session, actor: Actor, clock: Clock, record: Record, *, reason: str
+        self, session: Executor, actor: Actor, clock: Clock, record: Record, *, reason: str
     ) -> Record:
         """An urgent referral to the DSL: nobody looks at the device, nobody releases it."""
         reason = clean_text(reason, "the reason for the referral", max_length=1000)
@@ -843,7 +848,7 @@ class CustodyLedger:
         return record
 
     def hand_to_police(
-        self, session: Session, actor: Actor, clock: Clock, record: Record, *, reference: str
+        self, session: Executor, actor: Actor, clock: Clock, record: Record, *, reference: str
     ) -> Record:
         reference = clean_text(reference, "the police reference", max_length=80)
         return self._move(
@@ -912,7 +917,7 @@ class CustodyLedger:
         return record
 
     def return_to_pupil(
-        self, session: Session, actor: Actor, clock: Clock, record: Record, *, reason: str
+        self, session: Executor, actor: Actor, clock: Clock, record: Record, *, reason: str
     ) -> Record:
         """An admin hands the device back (e.g. an exemption granted mid-day)."""
         reason = clean_text(reason, "the reason", max_length=500)
@@ -930,7 +935,7 @@ class CustodyLedger:
 
     def flag(
         self,
-        session: Session,
+        session: Executor,
         actor: Actor,
         clock: Clock,
         record: Record,
@@ -960,7 +965,7 @@ class CustodyLedger:
         return record
 
     def clear_flag(
-        self, session: Session, actor: Actor, clock: Clock, record: Record, *, note: str
+        self, session: Executor, actor: Actor, clock: Clock, record: Record, *, note: str
     ) -> Record:
         note = clean_text(note, "a note", max_length=500)
         ref = _ref(record)

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import DateTime, Engine, create_engine, event
+from sqlalchemy import Connection, DateTime, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -26,6 +26,21 @@ from kiosk.errors import ConfigError, InstanceError
 log = logging.getLogger(__name__)
 
 _BEGIN_OPTION = "locker_sqlite_begin"
+
+
+Executor = Session | Connection
+"""Where a statement runs: an ORM session (the web, the CLI) or a plain connection (the
+kiosk's hot path, which needs no ORM objects)."""
+
+
+def connection_of(executor: Executor) -> Connection:
+    """The connection behind ``executor``; a session's pending ORM changes are flushed
+    first, so what runs next sees them."""
+    if isinstance(executor, Session):
+        if executor.new or executor.dirty or executor.deleted:
+            executor.flush()
+        return executor.connection()
+    return executor
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -118,6 +133,7 @@ class Database:
             write_engine = self.engine.execution_options(**{_BEGIN_OPTION: "IMMEDIATE"})
         else:
             write_engine = self.engine
+        self._write_engine = write_engine
         self._write = sessionmaker(write_engine, expire_on_commit=False)
         self._read = sessionmaker(self.engine, expire_on_commit=False)
 
@@ -137,6 +153,11 @@ class Database:
             raise
         finally:
             session.close()
+
+    def writer_connection(self) -> Connection:
+        """A connection of one's own for write units (``with connection.begin():``), as a
+        long-running process like the kiosk keeps; close it when done."""
+        return self._write_engine.connect()
 
     @contextmanager
     def reader(self) -> Iterator[Session]:

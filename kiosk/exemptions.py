@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from datetime import date
 
-from sqlalchemy import or_, select
+from sqlalchemy import bindparam, or_, select
 from sqlalchemy.orm import Session
 
 from kiosk.actors import Actor, ActorRole
 from kiosk.audit import AuditTrail
 from kiosk.clock import Clock
+from kiosk.db import Executor, connection_of
 from kiosk.errors import NotFound, PermissionDenied, ValidationError
 from kiosk.models import Exemption, ExemptionKind, Pupil
 from kiosk.text import clean_text
@@ -126,5 +127,20 @@ def active_on(session: Session, day: date, pupil_ids: list[int] | None = None) -
     return list(session.execute(query.order_by(Exemption.id)).scalars())
 
 
-def is_exempt(session: Session, pupil_id: int, day: date) -> bool:
-    return bool(active_on(session, day, [pupil_id]))
+_EXEMPTIONS = Exemption.__table__
+_EXEMPT_ON = (
+    select(_EXEMPTIONS.c.id)
+    .where(
+        _EXEMPTIONS.c.pupil_id == bindparam("pupil_id"),
+        _EXEMPTIONS.c.revoked_at.is_(None),
+        _EXEMPTIONS.c.starts_on <= bindparam("day"),
+        or_(_EXEMPTIONS.c.ends_on.is_(None), _EXEMPTIONS.c.ends_on >= bindparam("day")),
+    )
+    .limit(1)
+)
+
+
+def is_exempt(executor: Executor, pupil_id: int, day: date) -> bool:
+    """Whether an exemption of the pupil is in force on ``day`` (one small query)."""
+    row = connection_of(executor).execute(_EXEMPT_ON, {"pupil_id": pupil_id, "day": day})
+    return row.first() is not None

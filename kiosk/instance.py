@@ -129,7 +129,7 @@ class Instance:
         """A 32-byte key for ``purpose``, derived from the site secret."""
         return hmac.new(self._secret, f"locker/{purpose}".encode(), hashlib.sha256).digest()
 
-    @property
+    @cached_property
     def card_key(self) -> bytes:
         return self.key("card-uid")
 

@@ -43,6 +43,9 @@ class MCP23017Emulator:
         self.fault: str | None = None
         self.transfers = 0
         self._external: list[bool | None] = [None] * 16
+        # The same, per port, as bitmasks: pins driven high, and pins nobody drives.
+        self._external_high = [0, 0]
+        self._external_floating = [0xFF, 0xFF]
         self._lock = threading.RLock()
         self._depth = 0
         self._pending: list[tuple[Callable[..., None], tuple]] = []
@@ -91,6 +94,16 @@ class MCP23017Emulator:
         self._enter()
         try:
             self._external[pin] = level
+            port, bit = divmod(pin, 8)
+            mask = 1 << bit
+            self._external_high[port] = (
+                self._external_high[port] | mask if level else self._external_high[port] & ~mask
+            )
+            self._external_floating[port] = (
+                self._external_floating[port] | mask
+                if level is None
+                else self._external_floating[port] & ~mask
+            )
             self._inputs_changed()
         finally:
             self._leave()
@@ -115,15 +128,9 @@ class MCP23017Emulator:
     def _port_levels(self, port: int) -> int:
         """The eight levels of a port as one byte (bitwise: this runs on every edge)."""
         inputs = self.regs[R_IODIR][port]
-        driven, floating = 0, 0
-        for bit in range(8):
-            external = self._external[port * 8 + bit]
-            if external is None:
-                floating |= 1 << bit
-            elif external:
-                driven |= 1 << bit
-        pulled = self.regs[R_GPPU][port] & floating
-        return (self.regs[R_OLAT][port] & ~inputs & 0xFF) | ((driven | pulled) & inputs)
+        pulled = self.regs[R_GPPU][port] & self._external_floating[port]
+        outside = self._external_high[port] | pulled
+        return (self.regs[R_OLAT][port] & ~inputs & 0xFF) | (outside & inputs)
 
     def _gpio_value(self, port: int) -> int:
         levels = self._port_levels(port)

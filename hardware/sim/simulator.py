@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -39,10 +40,19 @@ class SimPin(MockPin):
     """A mock pin wired to something: outputs report their changes to ``listeners``; an input
     reads ``external`` when something drives it (a closed switch), else its pull."""
 
+    #: Changes of state remembered (gpiozero keeps them all; a simulator that runs all day
+    #: keeps the last ones only, plenty for a test to compare a whole history).
+    HISTORY = 4096
+
     def __init__(self, factory: Any, info: Any) -> None:
         self.external: bool | None = None
         self.listeners: list[Callable[[SimPin], None]] = []
         super().__init__(factory, info)
+        self.states = deque(self.states, maxlen=self.HISTORY)
+
+    def clear_states(self) -> None:
+        super().clear_states()
+        self.states = deque(self.states, maxlen=self.HISTORY)
 
     def _notify(self) -> None:
         for listener in list(self.listeners):
@@ -122,6 +132,7 @@ class Simulator:
         self.auto_open = auto_open
         self.auto_close_s = auto_close_s
         self.pin_factory = pin_factory or MockFactory(pin_class=SimPin)
+        self._pins: dict[int, SimPin] = {}
         self.reader: Any = None  # set by the cabinet
         #: Called as ``on_lock_change(number, energised)`` the moment a lock's output pin
         #: changes (in the thread that drove it): for benchmarks and test probes.
@@ -159,8 +170,12 @@ class Simulator:
     # ------------------------------------------------------------------ wiring
 
     def pi_pin(self, bcm: int) -> SimPin:
-        """The mock pin of BCM ``bcm`` (created on first use)."""
-        return self.pin_factory.pin(f"GPIO{bcm}", pin_class=SimPin)
+        """The mock pin of BCM ``bcm`` (created on first use, then kept: looking a pin up by
+        name in gpiozero's factory walks the whole board)."""
+        pin = self._pins.get(bcm)
+        if pin is None:
+            pin = self._pins[bcm] = self.pin_factory.pin(f"GPIO{bcm}", pin_class=SimPin)
+        return pin
 
     def open_spi(self) -> Any:
         """Open the reader's fake SPI device (what ``spidev.SpiDev().open`` gives on a Pi)."""

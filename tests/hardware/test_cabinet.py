@@ -340,3 +340,41 @@ def test_on_lock_change_reports_every_edge_of_the_lock_output(make_cabinet, cloc
     assert edges == [(9, True)]
     clock.advance(1.0)
     assert edges == [(9, True), (9, False)]
+
+
+def test_the_simulator_keeps_a_bounded_pin_history(make_cabinet):
+    """A demo runs all day: the mock pins must not remember every change ever made."""
+    from hardware.sim.simulator import SimPin
+
+    cabinet = make_cabinet(12)
+    pin = cabinet.sim.pi_pin(4)  # the expanders' interrupt line: it changes on every edge
+    for _ in range(SimPin.HISTORY):
+        cabinet.locks[9].pulse()
+        cabinet.sim.open_door(9)
+        cabinet.locks[9].lock()
+        cabinet.sim.close_door(9)
+    assert len(pin.states) == SimPin.HISTORY
+    pin.clear_states()
+    assert len(pin.states) == 1 and pin.states.maxlen == SimPin.HISTORY
+
+
+def test_the_simulated_reader_does_not_load_numpy():
+    """fake_rpi's camera stand-in imports numpy (10 MB in the kiosk process); we skip it.
+
+    Run in a fresh interpreter: other tests may have imported numpy already."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from hardware import CabinetSpec, open_cabinet\n"
+        "from hardware.clock import ManualClock\n"
+        "spec = CabinetSpec.simulated(4, debounce_s=0)\n"
+        "cabinet = open_cabinet(spec, 'sim', clock=ManualClock())\n"
+        "version = cabinet.reader.check()\n"
+        "cabinet.close()\n"
+        "print('numpy' in sys.modules, version > 0)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["False", "True"]  # no numpy; the reader did answer

@@ -243,6 +243,6 @@ def test_emulator_port_levels_equal_the_per_pin_levels(iodir, olat, gppu, extern
     chip = MCP23017Emulator("probe")
     chip.regs[R_IODIR][port], chip.regs[R_OLAT][port], chip.regs[R_GPPU][port] = iodir, olat, gppu
     for bit, level in enumerate(external):
-        chip._external[port * 8 + bit] = level
+        chip.set_input(port * 8 + bit, level)
     expected = sum(int(chip.level(port * 8 + bit)) << bit for bit in range(8))
     assert chip._port_levels(port) == expected

@@ -228,3 +228,18 @@ def test_events_around_a_savepoint_keep_the_chain_whole(instance, clock, outcome
     inside = ["test.inside"] * 2 if outcome == "released" else []
     assert kinds == ["test.before", *inside, "test.after", "test.after"]
     verify(instance)
+
+
+def test_the_head_follows_every_inserted_event_even_from_raw_sql(instance, clock):
+    """Migration 0002's trigger: the head names the last event written, whoever wrote it."""
+    write_events(instance, clock, 2)
+    with raw(instance) as connection:
+        connection.execute(
+            "INSERT INTO audit_events (seq, occurred_at, kind, actor, restricted, details,"
+            " prev_hash, hash) VALUES (999, '2026-09-07 07:00:00.000000', 'x', 'y', 0, '{}',"
+            " 'p', 'h999')"
+        )
+        head = connection.execute("SELECT seq, hash FROM audit_head").fetchone()
+    assert head == (999, "h999")
+    with pytest.raises(AuditChainBroken):  # and verification still refuses the forgery
+        verify(instance)

@@ -19,7 +19,12 @@ from hardware import CabinetSpec, open_cabinet
 from hardware.cabinet import Cabinet
 from kiosk import cards, commands
 from kiosk.actors import Actor
-from kiosk.controller import FLAG_UNVERIFIED, Controller, SimulatedClock
+from kiosk.controller import (
+    FLAG_UNVERIFIED,
+    OBSERVATION_DELAY_S,
+    Controller,
+    SimulatedClock,
+)
 from kiosk.instance import Instance
 from kiosk.models import (
     AuditEvent,
@@ -210,6 +215,7 @@ def test_deposit_flow_writes_intent_first_then_confirms_when_the_door_closes(rig
     assert rig.state()["screen"]["name"] == "Sam T."
     assert rig.open(number)
     assert not rig.sim.lock_energised(number)  # released once the door opened
+    rig.advance(OBSERVATION_DELAY_S)  # the opening is written within this
     assert rig.compartment(number).door_open is True
     rig.close(number)
     assert rig.record().state is CustodyState.IN_LOCKER
@@ -632,3 +638,33 @@ def test_a_smaller_cabinet_ignores_compartments_no_longer_configured(tmp_path):
         rig.controller.shutdown()
         rig.cabinet.close()
         rig.instance.close()
+
+
+def test_a_door_opening_is_group_committed_with_its_own_time(rig):
+    """A deposit's door opening is an observation: it shares the next commit (or is written
+    within OBSERVATION_DELAY_S), in order, stamped with the moment it happened."""
+    rig.tap(SAM)
+    number = rig.record().compartment.number
+    opened_at = rig.clock.now()
+    rig.open(number)
+    assert rig.events("door.opened") == []  # not written yet...
+    rig.clock.advance(0.02)
+    rig.close(number)  # ...the close's unit of work writes it first
+    with rig.instance.database.reader() as session:
+        rows = session.execute(
+            select(AuditEvent.kind, AuditEvent.occurred_at)
+            .where(AuditEvent.kind.like("door.%"))
+            .order_by(AuditEvent.seq)
+        ).all()
+    assert [kind for kind, _ in rows] == ["door.opened", "door.closed"]
+    assert rows[0][1] == opened_at and rows[1][1] > opened_at
+    rig.verify()
+
+
+def test_a_lone_door_opening_is_written_within_the_delay(rig):
+    rig.tap(SAM)
+    number = rig.record().compartment.number
+    rig.open(number)
+    rig.advance(OBSERVATION_DELAY_S)
+    assert rig.events("door.opened") == [{"compartment": number, "expected": True}]
+    assert rig.compartment(number).door_open is True
