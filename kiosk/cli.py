@@ -149,6 +149,12 @@ def config_example() -> None:
     click.echo(config_module.example(hardware_keys=_hardware_keys()), nl=False)
 
 
+@config_group.command("reference")
+def config_reference() -> None:
+    """Print the Markdown reference of every key (docs/configuration.md)."""
+    click.echo(config_module.reference(_hardware_keys()), nl=False)
+
+
 @config_group.command("check")
 @pass_state
 def config_check(state: CliState) -> None:

@@ -501,7 +501,7 @@ class Controller:
             if number in self.unlocks or number in self.awaiting_close:
                 self._show(
                     "info",
-                    f"Compartment {number}",
+                    "Your locker is open",
                     "It is open for you.",
                     name=name,
                     compartment=number,
@@ -513,7 +513,7 @@ class Controller:
                 purpose = "deposit" if daily.state is CustodyState.PENDING_DEPOSIT else "reconfirm"
                 self._show(
                     "ok",
-                    f"Compartment {number}",
+                    "Your locker is open",
                     "Put your device in and close the door.",
                     name=name,
                     compartment=number,
@@ -526,7 +526,7 @@ class Controller:
                 return None, "refused"
             self._show(
                 "ok",
-                f"Compartment {number}",
+                "Your locker is open",
                 "Take your device and close the door.",
                 name=name,
                 compartment=number,
@@ -562,7 +562,7 @@ class Controller:
         assert number is not None and record.pending_until is not None
         self._show(
             "ok",
-            f"Compartment {number}",
+            "Your locker is open",
             "Put your device in and close the door.",
             name=name,
             compartment=number,
@@ -869,7 +869,7 @@ class Controller:
             return
         self._show(
             "ok",
-            f"Compartment {unlock.number}",
+            "Your locker is open",
             "Take your device and close the door. See you tomorrow!",
             name=unlock.name,
             compartment=unlock.number,
@@ -911,7 +911,7 @@ class Controller:
         if record is None and unlock.custody_id is not None:  # opened by a command
             loaded = work.orm.get(CustodyRecord, unlock.custody_id)
             record = RecordRef.of(loaded) if loaded is not None else None
-        locked_away = ("Locked away", f"Compartment {unlock.number}. Have a good day!")
+        locked_away = ("Locked away", f"Locker {unlock.number}. Have a good day!")
         try:
             if (
                 unlock.purpose == "deposit"
@@ -982,7 +982,7 @@ class Controller:
             work.connection, self.clock, self.actor, event, details={"compartment": number}
         )
         title = "Door forced open" if kind == "forced" else "Please close the door"
-        self._show("alarm", title, f"Compartment {number}.", compartment=number, hold_s=0)
+        self._show("alarm", title, f"Locker {number}.", compartment=number, hold_s=0)
         self._indicate("alarm", beep="alarm")
 
     # ======================================================================== deadlines
@@ -1319,7 +1319,7 @@ class Controller:
             self._show(
                 "alarm",
                 "Please close the door",
-                f"Compartment {number}.",
+                f"Locker {number}.",
                 hold_s=0,
                 compartment=number,
             )

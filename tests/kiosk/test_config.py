@@ -144,3 +144,16 @@ def test_window_parser_never_crashes(text):
 def test_window_to_midnight_includes_the_last_minute():
     window = parse_window("00:00-24:00")
     assert window.contains(time(23, 59, 59)) and window.contains(time(0, 0))
+
+
+def test_the_configuration_reference_in_docs_is_up_to_date():
+    """docs/configuration.md is generated (`locker config reference > docs/configuration.md`)."""
+    from hardware.spec import DOCUMENTED_KEYS
+
+    keys = [(key.name, key.default, key.doc) for key in DOCUMENTED_KEYS]
+    path = Path(__file__).parents[2] / "docs" / "configuration.md"
+    assert path.read_text(encoding="utf-8") == config.reference(keys), (
+        "regenerate it: locker config reference > docs/configuration.md"
+    )
+    for key in KEYS:
+        assert f"| `{key.name}` |" in path.read_text(encoding="utf-8")

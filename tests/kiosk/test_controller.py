@@ -211,7 +211,8 @@ def test_deposit_flow_writes_intent_first_then_confirms_when_the_door_closes(rig
     assert record.state is CustodyState.PENDING_DEPOSIT
     number = record.compartment.number
     assert rig.sim.lock_energised(number)
-    assert rig.state()["screen"]["title"] == f"Compartment {number}"
+    assert rig.state()["screen"]["title"] == "Your locker is open"
+    assert rig.state()["screen"]["compartment"] == number
     assert rig.state()["screen"]["name"] == "Sam T."
     assert rig.open(number)
     assert not rig.sim.lock_energised(number)  # released once the door opened
@@ -222,7 +223,7 @@ def test_deposit_flow_writes_intent_first_then_confirms_when_the_door_closes(rig
     assert rig.compartment(number).door_open is False
     assert rig.state()["screen"]["title"] == "Locked away"
     kinds = [e["outcome"] for e in rig.events("tap")]
-    assert kinds == [f"Compartment {number}"]
+    assert kinds == ["Your locker is open"]
     assert [e["expected"] for e in rig.events("door.opened")] == [True]
     rig.verify()
 
