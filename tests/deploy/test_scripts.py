@@ -1,0 +1,200 @@
+"""The helper scripts the units run (the nightly backup with its pruning, the kiosk
+screen's search for the display), and the shell scripts' syntax (shellcheck)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from kiosk import cabinets, migrate
+from kiosk.actors import Actor
+from kiosk.clock import SystemClock
+from kiosk.instance import Instance
+
+from .conftest import INSTALL, clean_env, locker_program, require_tool, run
+
+SCRIPTS = sorted(INSTALL.glob("*.sh"))
+OLD = [f"locker-2026010{day}-020000" for day in range(1, 6)]
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    instance, _ = Instance.create(tmp_path / "instance", env={})
+    migrate.upgrade(instance.database)
+    with instance.database.transaction() as session:
+        cabinets.register(
+            session, Actor.system("test"), SystemClock(), instance.audit, instance.config.kiosk
+        )
+    instance.close()
+    return instance.home
+
+
+def backup(home: Path, backups: Path, tmp_path: Path, **settings: str):
+    env = clean_env(
+        LOCKER_HOME=str(home),
+        LOCKER_BACKUP_DIR=str(backups),
+        LOCKER_BIN=str(locker_program(tmp_path)),
+        **settings,
+    )
+    return run(["sh", str(INSTALL / "locker-backup.sh")], env=env, timeout=60)
+
+
+def test_backup_writes_database_secret_and_config_and_keeps_the_newest(
+    home: Path, tmp_path: Path
+) -> None:
+    backups = tmp_path / "backups"
+    backups.mkdir()
+    for stem in OLD:
+        for suffix in (".db", ".secret.key", ".config.toml"):
+            (backups / f"{stem}{suffix}").write_text("old", encoding="utf-8")
+    (backups / "README.txt").write_text("not a backup", encoding="utf-8")
+
+    result = backup(home, backups, tmp_path, LOCKER_BACKUP_KEEP="3")
+
+    assert result.returncode == 0, result.stderr
+    new = sorted(path.name for path in backups.glob("locker-*.db") if path.stem not in OLD)
+    assert len(new) == 1
+    stem = new[0].removesuffix(".db")
+    assert (backups / f"{stem}.secret.key").read_bytes() == (home / "secret.key").read_bytes()
+    assert (backups / f"{stem}.secret.key").stat().st_mode & 0o777 == 0o600
+    assert (backups / f"{stem}.config.toml").is_file()
+    kept = {path.name for path in backups.iterdir()}
+    expected = {"README.txt"} | {
+        f"{name}{suffix}"
+        for name in (*OLD[-2:], stem)
+        for suffix in (".db", ".secret.key", ".config.toml")
+    }
+    assert kept == expected
+    for name in OLD[:3]:
+        assert f"removed old backup {backups / name}.db" in result.stdout
+    restored = Instance.open(home)  # the copy is a valid database of this instance
+    restored.close()
+
+
+def test_backup_refuses_a_missing_stick(home: Path, tmp_path: Path) -> None:
+    backups = tmp_path / "not-mounted"
+    backups.mkdir()
+    result = backup(home, backups, tmp_path, LOCKER_BACKUP_REQUIRE_MOUNT="yes")
+    assert result.returncode == 1
+    assert "is not a mount point" in result.stderr
+    assert list(backups.iterdir()) == []
+    result = backup(home, tmp_path / "nowhere", tmp_path)
+    assert result.returncode == 1 and "does not exist" in result.stderr
+
+
+@pytest.mark.parametrize("keep", ["0", "many", "-1", "3x"])
+def test_backup_refuses_a_bad_keep(home: Path, tmp_path: Path, keep: str) -> None:
+    backups = tmp_path / "backups"
+    backups.mkdir()
+    result = backup(home, backups, tmp_path, LOCKER_BACKUP_KEEP=keep)
+    assert result.returncode == 1 and "LOCKER_BACKUP_KEEP" in result.stderr
+    assert list(backups.iterdir()) == []
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda path: path.name)
+def test_shell_syntax(script: Path) -> None:
+    shell = "bash" if script.read_text(encoding="utf-8").startswith("#!/bin/bash") else "sh"
+    result = run([shell, "-n", str(script)], env=clean_env())
+    assert result.returncode == 0, result.stderr
+
+
+def test_shellcheck() -> None:
+    shellcheck = require_tool("shellcheck", "shellcheck")
+    result = run([shellcheck, "--external-sources", *map(str, SCRIPTS)], env=clean_env())
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_scripts_are_executable() -> None:
+    for script in SCRIPTS:
+        assert script.stat().st_mode & 0o111, f"chmod +x {script}"
+        first = script.read_text(encoding="utf-8").splitlines()[0]
+        assert first in ("#!/bin/sh", "#!/bin/bash"), script.name
+
+
+class Health(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.send_response(200 if self.path == "/healthz" else 404)
+        self.end_headers()
+        self.wfile.write(b'{"ok": true}')
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def web_app() -> Iterator[int]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Health)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server.server_address[1]
+    server.shutdown()
+    server.server_close()
+
+
+def screen(tmp_path: Path, port: int, **settings: str):
+    """Run locker-screen with a stand-in browser that records how it was started."""
+    record = tmp_path / "browser.txt"
+    browser = tmp_path / "chromium"
+    browser.write_text(
+        "#!/bin/sh\n"
+        f'echo "WAYLAND_DISPLAY=${{WAYLAND_DISPLAY:-}} DISPLAY=${{DISPLAY:-}}" > "{record}"\n'
+        f'printf "%s\\n" "$@" >> "{record}"\n',
+        encoding="utf-8",
+    )
+    browser.chmod(0o755)
+    env = clean_env(
+        HOME=str(tmp_path),
+        XDG_RUNTIME_DIR=str(tmp_path / "run"),
+        LOCKER_SCREEN_URL=f"http://127.0.0.1:{port}/kiosk/form-7a",
+        LOCKER_SCREEN_BROWSER=str(browser),
+        LOCKER_SCREEN_WAIT_S="0",
+        **settings,
+    )
+    for name in ("WAYLAND_DISPLAY", "DISPLAY", "DBUS_SESSION_BUS_ADDRESS"):
+        if name not in settings:
+            env.pop(name, None)
+    result = run(["sh", str(INSTALL / "locker-screen.sh")], env=env, timeout=30)
+    lines = record.read_text(encoding="utf-8").splitlines() if record.exists() else []
+    return result, lines
+
+
+def test_screen_finds_the_wayland_display(tmp_path: Path, web_app: int) -> None:
+    require_tool("curl", "curl")
+    (tmp_path / "run").mkdir()
+    with socket.socket(socket.AF_UNIX) as compositor:
+        compositor.bind(str(tmp_path / "run" / "wayland-0"))
+        (tmp_path / "run" / "wayland-0.lock").touch()
+        result, lines = screen(tmp_path, web_app)
+    assert result.returncode == 0, result.stderr
+    assert lines[0] == "WAYLAND_DISPLAY=wayland-0 DISPLAY="
+    assert "--kiosk" in lines and "--ozone-platform=wayland" in lines
+    assert lines[-1] == f"http://127.0.0.1:{web_app}/kiosk/form-7a"
+    assert f"--user-data-dir={tmp_path}/run/locker-screen" in lines
+
+
+def test_screen_uses_a_display_it_is_given(tmp_path: Path, web_app: int) -> None:
+    require_tool("curl", "curl")
+    (tmp_path / "run").mkdir()
+    result, lines = screen(tmp_path, web_app, DISPLAY=":0")
+    assert result.returncode == 0, result.stderr
+    assert lines[0] == "WAYLAND_DISPLAY= DISPLAY=:0"
+    assert "--ozone-platform=x11" in lines
+
+
+def test_screen_gives_up_without_a_display_or_a_web_app(tmp_path: Path) -> None:
+    require_tool("curl", "curl")
+    (tmp_path / "run").mkdir()
+    if Path("/tmp/.X11-unix/X0").exists():
+        pytest.fail("this machine runs an X server on :0; the test expects none")
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    result, lines = screen(tmp_path, port)
+    assert result.returncode == 1 and lines == []
+    assert "no display after 0s" in result.stderr
+    assert f"no answer from http://127.0.0.1:{port}/healthz" in result.stderr
