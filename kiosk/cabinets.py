@@ -15,7 +15,7 @@ from kiosk.actors import Actor
 from kiosk.audit import AuditTrail
 from kiosk.clock import Clock
 from kiosk.config import KioskConfig
-from kiosk.errors import NotFound
+from kiosk.errors import NotFound, ValidationError
 from kiosk.models import ACTIVE_STATES, Compartment, CompartmentKind, CustodyRecord, Kiosk
 
 REMOVED_REASON = "not in the configuration"
@@ -101,3 +101,45 @@ def register(
             details={"changes": changes[:100], "compartments": config.compartments},
         )
     return kiosk, changes
+
+
+def return_to_service(
+    session: Session, actor: Actor, clock: Clock, audit: AuditTrail, kiosk_name: str, number: int
+) -> str | None:
+    """Put compartment ``number`` of ``kiosk_name`` back in service (after a jammed lock or
+    door was fixed); returns the reason it was out of service, or None if it was not.
+
+    Raises NotFound for an unknown kiosk or compartment, and ValidationError for a
+    compartment taken out because it is no longer in ``[kiosk] compartments`` (change the
+    configuration instead).
+    """
+    kiosk = get_kiosk(session, kiosk_name)
+    compartment = session.execute(
+        select(Compartment)
+        .where(Compartment.kiosk_id == kiosk.id, Compartment.number == number)
+        .with_for_update()
+    ).scalar_one_or_none()
+    if compartment is None:
+        raise NotFound(f"kiosk {kiosk_name!r} has no compartment {number}")
+    if compartment.out_of_service_reason == REMOVED_REASON:
+        raise ValidationError(
+            f"compartment {number} is out of service because it is not in the configuration; "
+            "raise [kiosk] compartments and run `locker init` instead"
+        )
+    was = compartment.out_of_service_reason if compartment.out_of_service else None
+    if not compartment.out_of_service and compartment.failed_unlocks == 0:
+        return None
+    compartment.out_of_service = False
+    compartment.out_of_service_reason = None
+    compartment.failed_unlocks = 0
+    compartment.updated_at = clock.now()
+    session.flush()
+    audit.record(
+        session,
+        clock,
+        actor,
+        "compartment.in_service",
+        kiosk=kiosk.name,
+        details={"compartment": number, "was": was},
+    )
+    return was

@@ -19,6 +19,7 @@ from typing import Any, NoReturn
 
 import click
 from sqlalchemy import select
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from kiosk import backup as backup_module
 from kiosk import cabinets, cards, demo, exemptions, migrate, reports, retention, roster, users
@@ -35,6 +36,7 @@ log = logging.getLogger("kiosk.cli")
 
 EX_USAGE = 2
 EX_SOFTWARE = 70
+EX_TEMPFAIL = 75  # systemd restarts the kiosk: the server may be back by then
 PROGRESS_THRESHOLD = 200
 
 
@@ -683,7 +685,97 @@ def kiosk_command(state: CliState, sim: bool, sim_auto_open: bool) -> None:
     """Run the kiosk controller: the only process that drives the cabinet."""
     from kiosk.daemon import run_kiosk
 
-    run_kiosk(state.instance(), simulate=sim, auto_open=sim_auto_open)
+    # The schema is checked by run_kiosk: a kiosk with an offline copy starts without the
+    # database.
+    run_kiosk(Instance.open(state.home), simulate=sim, auto_open=sim_auto_open)
+
+
+@cli.command("selftest")
+@click.option("--sim", is_flag=True, help="Simulated hardware (no Pi needed).")
+@click.option(
+    "--card-wait",
+    type=click.FloatRange(min=0),
+    default=10.0,
+    show_default=True,
+    metavar="S",
+    help="Seconds to wait for a card (0: skip).",
+)
+@click.option(
+    "--compartment",
+    "compartments",
+    type=click.IntRange(min=1),
+    multiple=True,
+    metavar="N",
+    help="Test only this compartment's lock (repeatable).",
+)
+@click.option(
+    "--pulse",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="S",
+    help="Seconds each lock is energised (default [hardware] unlock_s).",
+)
+@pass_state
+def selftest_command(
+    state: CliState,
+    sim: bool,
+    card_wait: float,
+    compartments: tuple[int, ...],
+    pulse: float | None,
+) -> None:
+    """Check the cabinet part by part: reader, LED, buzzer, each door and lock, a card.
+
+    Run it with the kiosk stopped (`systemctl stop locker-kiosk`); exit 1 if a part failed.
+    """
+    from kiosk.selftest import run_selftest
+
+    ok = run_selftest(
+        state.instance(),
+        simulate=sim,
+        out=click.echo,
+        card_wait_s=card_wait,
+        pulse_s=pulse,
+        compartments=compartments or None,
+    )
+    raise click.exceptions.Exit(0 if ok else 1)
+
+
+@cli.command("safe-state")
+@click.option("--sim", is_flag=True, help="Simulated hardware (no Pi needed).")
+@pass_state
+def safe_state_command(state: CliState, sim: bool) -> None:
+    """Switch every lock, the LED and the buzzer off (systemd runs this after every stop of
+    the kiosk). Needs no database; exit 1 if the cabinet could not be reached."""
+    from kiosk.selftest import safe_state
+
+    instance = Instance.open(state.home)
+    try:
+        ok = safe_state(instance, simulate=sim, out=click.echo)
+    finally:
+        instance.close()
+    raise click.exceptions.Exit(0 if ok else 1)
+
+
+@cli.group("compartment")
+def compartment_group() -> None:
+    """Compartments of a kiosk."""
+
+
+@compartment_group.command("in-service")
+@click.argument("number", type=click.IntRange(min=1))
+@click.option("--kiosk", "kiosk_name", metavar="NAME", help="Kiosk (default [kiosk] name).")
+@pass_state
+def compartment_in_service(state: CliState, number: int, kiosk_name: str | None) -> None:
+    """Put compartment NUMBER back in service once its lock or door is fixed."""
+    instance = state.instance()
+    name = kiosk_name or instance.config.kiosk.name
+    with instance.database.transaction() as session:
+        was = cabinets.return_to_service(
+            session, state.actor, state.clock, instance.audit, name, number
+        )
+    if was is None:
+        click.echo(f"compartment {number} of kiosk {name} was already in service")
+    else:
+        click.echo(f"compartment {number} of kiosk {name} is back in service (was: {was})")
 
 
 @cli.command("web")
@@ -779,6 +871,15 @@ def main(argv: list[str] | None = None) -> None:
         _fail("aborted", 130)
     except KeyboardInterrupt:
         _fail("interrupted", 130)
+    except (OperationalError, InterfaceError) as exc:
+        if debug:
+            raise
+        cause = (str(exc.orig or exc).strip().splitlines() or [""])[0]
+        _fail(
+            f"the database cannot be used ({cause}): check that its server is up and reachable "
+            "and [database] url in config.toml, then try again",
+            EX_TEMPFAIL,
+        )
     except Exception as exc:
         if debug:
             raise

@@ -18,12 +18,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session
 
 from kiosk.actors import Actor
 from kiosk.audit import AuditTrail
 from kiosk.clock import Clock
+from kiosk.db import COMMAND_CHANNEL
 from kiosk.errors import NotFound, ValidationError
 from kiosk.models import Command, CommandStatus, Kiosk
 
@@ -125,6 +126,11 @@ def submit(
     )
     session.add(command)
     session.flush()
+    if session.get_bind().dialect.name == "postgresql":  # the kiosk hears it at commit
+        session.execute(
+            text("SELECT pg_notify(:channel, :kiosk)"),
+            {"channel": COMMAND_CHANNEL, "kiosk": str(kiosk.id)},
+        )
     if kind not in SIM_KINDS:  # simulator pokes are not school events
         audit.record(
             session,

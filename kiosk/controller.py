@@ -9,13 +9,21 @@ Crash safety: the intent (a PENDING_DEPOSIT record, a confiscation placed in a c
 is committed before a lock opens; on start every pending record and every door is reconciled
 with the database, and whatever cannot be proven is flagged for the office, never forgotten
 and never given to a second owner.
+
+Offline (PostgreSQL only): when the school's database goes out of reach, the work in hand is
+done again on the kiosk's local mirror (``kiosk.offline``) and the kiosk goes on serving
+deposits and collections from it; staff actions wait for the network. Every heartbeat tries
+the database again; on success the offline events are replayed there, once and in order,
+and the kiosk is online again.
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
+import json
 import logging
+import os
 import queue
 import threading
 from collections import deque
@@ -26,7 +34,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, select, update
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from hardware.cabinet import Cabinet
@@ -37,8 +45,11 @@ from hardware.interfaces import DoorEvent, PulseEnd, Tap
 from kiosk import cabinets, cards, commands
 from kiosk.actors import Actor
 from kiosk.custody import RecordRef
-from kiosk.errors import LockerError
+from kiosk.db import Database
+from kiosk.errors import InstanceError, LockerError
 from kiosk.instance import Instance
+from kiosk.listener import CommandListener
+from kiosk.migrate import ensure_current
 from kiosk.models import (
     Command,
     CommandStatus,
@@ -50,6 +61,7 @@ from kiosk.models import (
     PupilStatus,
     User,
 )
+from kiosk.offline import REFRESH_S, LocalMirror, Replayer, state_file
 from kiosk.pupils import PupilRef
 from kiosk.systemd import Notifier
 from kiosk.users import StaffRef
@@ -73,6 +85,16 @@ UNLOCK_RETRIES = 40
 #: Longest a door-open observation waits to share a commit with other work (seconds).
 OBSERVATION_DELAY_S = 0.1
 COMMAND_RESULT_PURPOSES = ("office", "release", "confiscation", "police", "check", "return")
+#: How often an offline kiosk tries the database again (seconds).
+RECONNECT_S = 5.0
+OFFLINE_STAFF = ("Staff actions need the network", "Please use the office page meanwhile.")
+
+
+def unreachable(exc: BaseException) -> bool:
+    """Whether a database error means the server is out of reach (not a bad statement)."""
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    return isinstance(exc, (OperationalError, InterfaceError))
 
 
 # ------------------------------------------------------------------------------ clocks
@@ -214,7 +236,8 @@ class Controller:
     ) -> None:
         self.instance = instance
         self.config = instance.config.kiosk
-        self.db = instance.database
+        self.central: Database = instance.database
+        self.db: Database = self.central  # the mirror's while offline
         self.ledger = instance.ledger
         self.audit = instance.audit
         self.policy = instance.policy
@@ -245,13 +268,67 @@ class Controller:
         self.compartment_ids: dict[int, int] = {}
         self._connection: Connection | None = None
         self._observations: list[tuple[int, bool, datetime]] = []
+        self._listener: CommandListener | None = None
+        self.mirror: LocalMirror | None = None
+        self.online = True
+        self.offline_since: datetime | None = None
+        self._mirror_since: datetime | None = None  # records changed since then to copy
+        self._next_refresh = 0.0
+        self._next_reconnect = 0.0
+        self._unfinished: dict[int, dict[str, Any]] = {}  # command results made offline
         self.stopped = False
 
     # ======================================================================== lifecycle
 
-    def start(self, *, reader_thread: bool = True) -> None:
-        """Register the cabinet, reconcile with the database, and start listening."""
-        with self.db.transaction() as session:
+    def start(self, *, reader_thread: bool = True, listen: bool = True) -> None:
+        """Register the cabinet, reconcile with the database, and start listening (to the
+        reader, the doors, and on PostgreSQL to command notifications).
+
+        On PostgreSQL the local mirror is opened too: an offline session left by the last
+        run is replayed first, and if the database is out of reach but the mirror holds a
+        copy, the kiosk starts offline. Raises SQLAlchemyError when neither works."""
+        if self.central.dialect == "postgresql":
+            self.mirror = LocalMirror(self.instance.home, self.config.name)
+        try:
+            self._register(self.central)
+            if self.mirror is not None:
+                if self.mirror.session() is not None:
+                    self._replay()
+                self.mirror.refresh(self.central)
+                self._next_refresh = self.clock.monotonic() + REFRESH_S
+        except SQLAlchemyError as exc:
+            if not (self.mirror is not None and unreachable(exc) and self.mirror.ready):
+                raise
+            log.warning("the database is out of reach at start (%s): starting offline", exc)
+            self._switch_to_mirror()
+            self._register(self.mirror.database)
+            with self._unit() as work:
+                self._record_offline(work, exc)
+        missing = sorted(set(self.compartment_ids) - set(self.cabinet.locks))
+        if missing:
+            self._set_fault("wiring", f"compartments {missing} have no lock in [hardware]")
+        self.cabinet.on_door = self.events.put
+        self.cabinet.on_pulse_end = self.events.put
+        self.cabinet.on_fault = lambda error: self.events.put(HardwareFault(error))
+        self._reconcile()
+        self._show_idle()
+        self.cabinet.reader.start(
+            self.events.put,
+            lambda error: self.events.put(ReaderFault(error)),
+            lambda: self.events.put(ReaderRecovered()),
+            thread=reader_thread,
+        )
+        if self.central.dialect == "postgresql" and listen:
+            self._listener = CommandListener(
+                self.central.url, self.kiosk_id, lambda: self.events.put(Wake())
+            )
+            self._listener.start()
+        self._heartbeat()
+        self.notifier.ready(f"kiosk {self.config.name}: ready")
+        log.info("kiosk %s ready (%d compartments)", self.config.name, len(self.compartment_ids))
+
+    def _register(self, database: Database) -> None:
+        with database.transaction() as session:
             kiosk, _ = cabinets.register(session, self.actor, self.clock, self.audit, self.config)
             self.kiosk_id = kiosk.id
             self._kiosk = kiosk
@@ -270,23 +347,6 @@ class Controller:
                     )
                 ).all()
             )
-        missing = sorted(set(self.compartment_ids) - set(self.cabinet.locks))
-        if missing:
-            self._set_fault("wiring", f"compartments {missing} have no lock in [hardware]")
-        self.cabinet.on_door = self.events.put
-        self.cabinet.on_pulse_end = self.events.put
-        self.cabinet.on_fault = lambda error: self.events.put(HardwareFault(error))
-        self._reconcile()
-        self._show_idle()
-        self.cabinet.reader.start(
-            self.events.put,
-            lambda error: self.events.put(ReaderFault(error)),
-            lambda: self.events.put(ReaderRecovered()),
-            thread=reader_thread,
-        )
-        self._heartbeat()
-        self.notifier.ready(f"kiosk {self.config.name}: ready")
-        log.info("kiosk %s ready (%d compartments)", self.config.name, len(self.compartment_ids))
 
     def run(self, stop: threading.Event) -> None:
         """The daemon's loop, until ``stop`` is set."""
@@ -300,6 +360,7 @@ class Controller:
                 self._dispatch(event)
             self._drain()
             self._tick()
+            self._copy_to_mirror()  # off the tap's path: the lock is already open
             self.notifier.watchdog()
         self.shutdown()
 
@@ -308,6 +369,7 @@ class Controller:
         self._drain()
         self._tick(force_commands=poll_commands)
         self._drain()
+        self._copy_to_mirror()
 
     def shutdown(self) -> None:
         """Every lock left safe, indicators off, the office told we stopped."""
@@ -315,6 +377,8 @@ class Controller:
             return
         self.stopped = True
         self.notifier.stopping()
+        if self._listener is not None:
+            self._listener.stop()
         try:
             self.cabinet.reader.stop()
         except HardwareError:
@@ -329,16 +393,16 @@ class Controller:
             self.cabinet.indicators.off()
         except HardwareError:
             log.exception("switching the indicators off failed")
-        try:
-            with self.db.transaction() as session:
-                self.audit.record(session, self.clock, self.actor, "kiosk.stopped")
-                self._write_state(session.connection(), status="stopped")
-        except SQLAlchemyError:
-            log.exception("could not record the shutdown")
-        if self._connection is not None:
-            self._connection.close()
-            self._connection = None
+        self._guarded("recording the shutdown", self._record_stopped)
+        self._drop_connection()
+        if self.mirror is not None:
+            self._copy_to_mirror()
+            self.mirror.close()
         log.info("kiosk %s stopped; every lock is de-energised", self.config.name)
+
+    def _record_stopped(self) -> None:
+        with self._unit() as work:
+            self.audit.record(work.connection, self.clock, self.actor, "kiosk.stopped")
 
     # ======================================================================== event plumbing
 
@@ -351,24 +415,51 @@ class Controller:
             self._dispatch(event)
 
     def _dispatch(self, event: Any) -> None:
-        try:
-            if isinstance(event, Tap):
-                self._on_tap(event)
-            elif isinstance(event, DoorEvent):
-                self._on_door(event)
-            elif isinstance(event, PulseEnd):
-                self._on_pulse_end(event)
-            elif isinstance(event, ReaderFault):
-                self._set_fault("reader", f"card reader: {event.error}")
-            elif isinstance(event, ReaderRecovered):
-                self._clear_fault("reader")
-            elif isinstance(event, HardwareFault):
-                self._set_fault("hardware", str(event.error))
-        except SQLAlchemyError as exc:
-            log.exception("database error while handling %r", event)
-            self._database_fault(exc)
-        except Exception:
-            log.exception("unexpected error while handling %r", event)
+        self._guarded(f"handling {event!r}", self._handle, event)
+
+    def _guarded(self, what: str, action: Callable[..., Any], *args: Any) -> None:
+        """Run ``action``; if the database went out of reach during it, go offline and run it
+        again on the mirror (each unit of work commits all or nothing, and handlers put back
+        what they took from memory when their unit fails). Any other error is logged: the
+        loop never dies."""
+        refs = self._record_refs()
+        for attempt in (1, 2):
+            try:
+                action(*args)
+                return
+            except SQLAlchemyError as exc:
+                for ref, saved in refs:  # the ledger moved them in a unit that failed
+                    vars(ref).update(saved)
+                if attempt == 1 and self._offline_instead(exc):
+                    continue
+                log.exception("database error while %s", what)
+                self._database_fault(exc)
+                return
+            except Exception:
+                log.exception("unexpected error while %s", what)
+                return
+
+    def _record_refs(self) -> list[tuple[RecordRef, dict[str, Any]]]:
+        """The records of the open compartments as they are now (to put back after a unit
+        of work that failed: the ledger updates a ``RecordRef`` as it writes the change)."""
+        unlocks = (*self.unlocks.values(), *self.awaiting_close.values())
+        return [(u.record, dict(vars(u.record))) for u in unlocks if u.record is not None]
+
+    def _handle(self, event: Any) -> None:
+        if isinstance(event, Tap):
+            self._on_tap(event)
+        elif isinstance(event, DoorEvent):
+            self._on_door(event)
+        elif isinstance(event, PulseEnd):
+            self._on_pulse_end(event)
+        elif isinstance(event, ReaderFault):
+            self._set_fault("reader", f"card reader: {event.error}")
+        elif isinstance(event, ReaderRecovered):
+            self._clear_fault("reader")
+        elif isinstance(event, HardwareFault):
+            self._set_fault("hardware", str(event.error))
+        elif isinstance(event, Wake):
+            self._next_command_poll = 0.0  # a command was submitted: look now
 
     def _tick(self, *, force_commands: bool = False) -> None:
         now = self.clock.monotonic()
@@ -377,25 +468,24 @@ class Controller:
             if self._timer_keys.get((name, key)) != seq:
                 continue  # replaced or cancelled
             del self._timer_keys[(name, key)]
-            try:
-                getattr(self, f"_timer_{name}")(key)
-            except SQLAlchemyError as exc:
-                log.exception("database error in timer %s", name)
-                self._database_fault(exc)
-            except Exception:
-                log.exception("unexpected error in timer %s", name)
-        try:
-            if force_commands or now >= self._next_command_poll:
-                self._next_command_poll = now + self.config.command_poll_s
-                self._poll_commands()
-            if now >= self._next_heartbeat:
-                self._heartbeat()
-        except SQLAlchemyError as exc:
-            log.exception("database error in the loop")
-            self._database_fault(exc)
+            self._guarded(f"timer {name}", getattr(self, f"_timer_{name}"), key)
+        if self.online and (force_commands or now >= self._next_command_poll):
+            self._next_command_poll = now + self.config.command_poll_s
+            self._guarded("polling commands", self._poll_commands)
+        if not self.online and now >= self._next_reconnect:
+            self._next_reconnect = now + RECONNECT_S
+            self._guarded("reconnecting", self._try_reconnect)
+        if now >= self._next_heartbeat:
+            self._guarded("the heartbeat", self._heartbeat)
+        if self.online and self.mirror is not None and now >= self._next_refresh:
+            self._next_refresh = now + REFRESH_S
+            self._guarded("refreshing the offline copy", self.mirror.refresh, self.central)
 
     def _next_due(self) -> float:
-        due = min(self._next_command_poll, self._next_heartbeat)
+        if self.online:
+            due = min(self._next_command_poll, self._next_heartbeat)
+        else:
+            due = min(self._next_reconnect, self._next_heartbeat)
         while (
             self._timers
             and self._timer_keys.get((self._timers[0][2], self._timers[0][3])) != self._timers[0][1]
@@ -422,25 +512,56 @@ class Controller:
     @contextmanager
     def _unit(self) -> Iterator[Work]:
         """One unit of work on the kiosk's connection, publishing the kiosk's state (screen,
-        alarms) with it; everything in it commits together or not at all."""
-        if self._connection is None:
-            self._connection = self.db.writer_connection()
-        work = Work(self._connection)
+        alarms) with it; everything in it commits together or not at all. On an error the
+        door observations it took are put back; a connection to an unreachable server is
+        dropped (the caller decides whether to go offline)."""
+        observations, self._observations = self._observations, []
+        started = self.clock.now()
+        published = self._published
+        work: Work | None = None
         try:
+            if self._connection is None:
+                self._connection = self.db.writer_connection()
+            work = Work(self._connection)
             with self._connection.begin():
-                if self._observations:
-                    self._write_observations(work)
+                for observation in observations:
+                    self._observe_door_opened(work, *observation)
                 yield work
                 work.flush()
                 self._write_state(work.connection)
+        except BaseException as exc:
+            self._observations[:0] = observations
+            self._published = published
+            if isinstance(exc, SQLAlchemyError) and unreachable(exc):
+                self._drop_connection()
+            raise
         finally:
-            work.close()
+            if work is not None:
+                work.close()
         self.faults.pop("database", None)
+        if self.online and self.mirror is not None:
+            self._mirror_since = min(self._mirror_since or started, started)
+
+    def _drop_connection(self) -> None:
+        if self._connection is not None:
+            try:
+                self._connection.close()
+            except SQLAlchemyError:
+                log.debug("closing a broken connection failed", exc_info=True)
+            self._connection = None
 
     # ======================================================================== taps
 
     def _on_tap(self, tap: Tap) -> None:
         """A card arrived: decide, commit the decision (intent first), then unlock."""
+        mode = self.mode
+        try:
+            self._tap_unit(tap, mode)
+        except BaseException:
+            self.mode = mode  # the tap is handled again (offline) in the mode it came in
+            raise
+
+    def _tap_unit(self, tap: Tap, mode: Mode) -> None:
         unlock: Unlock | None = None
         tone = "refused"
         with self._unit() as work:
@@ -471,11 +592,11 @@ class Controller:
                     "card": holder,
                     "uid_ref": cards.uid_reference(cards.uid_hash(self.instance.card_key, tap.uid)),
                     "outcome": self.screen.get("title", ""),
-                    "mode": self.mode.name,
+                    "mode": mode.name,
                 },
             )
         if unlock is not None:
-            self._start_unlock(unlock)
+            self._guarded("opening a compartment", self._start_unlock, unlock)
         self._signal(tone)
 
     def _pupil_tap(self, work: Work, pupil: PupilRef) -> tuple[Unlock | None, str]:
@@ -554,6 +675,7 @@ class Controller:
                 pupil=pupil,
                 kiosk=self._kiosk,
                 timeout_s=self.config.deposit_timeout_s,
+                busy=self._busy(),
             )
         except LockerError as exc:
             self._show("refused", f"Hello {name}", str(exc).capitalize() + ".", name=name)
@@ -570,9 +692,18 @@ class Controller:
         self._after(max(0.0, (record.pending_until - now).total_seconds()), "pending", record.id)
         return Unlock(number, "deposit", record, name=name, actor=who), "ok"
 
+    def _busy(self) -> set[int]:
+        """Compartments opening or open now: not to be given out, even if their record
+        ended (the device released to a parent may still be inside)."""
+        return {*self.unlocks, *self.awaiting_close}
+
     def _staff_tap(self, work: Work, user: StaffRef) -> str:
         if not user.active:
             self._show("refused", "Card not active", "Please see the school office.")
+            return "refused"
+        if not self.online:
+            self._end_mode()
+            self._show("refused", *OFFLINE_STAFF)
             return "refused"
         if self.mode.name == "staff" and self.mode.staff_user_id == user.id:
             self._end_mode()
@@ -599,6 +730,9 @@ class Controller:
     def _confiscate_at_kiosk(self, work: Work, pupil: PupilRef) -> tuple[Unlock | None, str]:
         staff = work.orm.get(User, self.mode.staff_user_id)
         self._end_mode()
+        if not self.online:
+            self._show("refused", *OFFLINE_STAFF)
+            return None, "refused"
         if staff is None or not staff.active:
             self._show("refused", "Staff mode ended", "Tap your staff card again.")
             return None, "refused"
@@ -612,6 +746,7 @@ class Controller:
                     pupil=pupil,
                     reason=f"confiscated at kiosk {self.config.name} by {staff.display_name}",
                     kiosk=self._kiosk_in(work.orm),
+                    busy=self._busy(),
                 )
         except LockerError as exc:
             self._show("refused", "Cannot confiscate", str(exc).capitalize() + ".")
@@ -630,6 +765,10 @@ class Controller:
         user = work.orm.get(User, self.mode.enrol_user_id) if self.mode.enrol_user_id else None
         command_id = self.mode.command_id
         self._end_mode()
+        if not self.online:
+            self._show("refused", "Card not enrolled", "Enrolling a card needs the network.")
+            self._finish_command(work, command_id, error="the kiosk went offline")
+            return "refused"
         try:
             with work.orm.begin_nested():
                 card = cards.enrol(
@@ -694,24 +833,42 @@ class Controller:
         unlock = self.unlocks.pop(event.number, None)
         if unlock is None:
             return
+        try:
+            self._pulse_ended(event, unlock)
+        except BaseException:
+            self.unlocks.setdefault(event.number, unlock)  # handled again (offline)
+            raise
+
+    def _pulse_ended(self, event: PulseEnd, unlock: Unlock) -> None:
         opened = event.door_opened or unlock.door_opened or event.number in self.awaiting_close
         if opened:
             if self.failed_unlocks.get(event.number) or unlock.command_id is not None:
                 with self._unit() as work:
-                    if self.failed_unlocks.pop(event.number, 0):
+                    if self.failed_unlocks.get(event.number):
                         self._compartment(work, event.number, failed_unlocks=0)
                     self._finish_command(
                         work,
                         unlock.command_id,
                         result={"compartment": event.number, "opened": True},
                     )
+                self.failed_unlocks.pop(event.number, None)
             self._open_all_next(event.number, opened=True)
         else:
             self._unlock_failed(unlock, "the door was not opened")
 
     def _unlock_failed(self, unlock: Unlock, why: str) -> None:
         """The door never opened: undo what was waiting for it, count the failure."""
-        self.unlocks.pop(unlock.number, None)
+        if self.unlocks.get(unlock.number) is unlock:
+            del self.unlocks[unlock.number]
+        try:
+            self._unlock_failed_unit(unlock, why)
+        except BaseException:
+            self.unlocks.setdefault(unlock.number, unlock)
+            raise
+        self._open_all_next(unlock.number, opened=False)
+        self._signal("refused")
+
+    def _unlock_failed_unit(self, unlock: Unlock, why: str) -> None:
         with self._unit() as work:
             compartment = work.orm.get(Compartment, self.compartment_ids[unlock.number])
             compartment.failed_unlocks += 1
@@ -767,8 +924,6 @@ class Controller:
             self._finish_command(
                 work, unlock.command_id, error=f"compartment {unlock.number}: {why}"
             )
-        self._open_all_next(unlock.number, opened=False)
-        self._signal("refused")
 
     def _confiscation_not_stored(
         self, work: Work, record: CustodyRecord, number: int, why: str
@@ -837,12 +992,6 @@ class Controller:
             at=at,
         )
 
-    def _write_observations(self, work: Work) -> None:
-        """Door openings seen since the last unit of work, first, in the order seen."""
-        observations, self._observations = self._observations, []
-        for number, expected, at in observations:
-            self._observe_door_opened(work, number, expected, at)
-
     def _timer_observations(self, _key: Any) -> None:
         if self._observations:
             with self._unit():
@@ -878,6 +1027,21 @@ class Controller:
     def _door_closed(self, number: int) -> None:
         self._cancel("door_alarm", number)
         unlock = self.awaiting_close.pop(number, None)
+        alarm = self.alarms.get(number)
+        try:
+            self._door_closed_unit(number, unlock)
+        except BaseException:
+            if unlock is not None:
+                self.awaiting_close.setdefault(number, unlock)
+            if alarm is not None:
+                self.alarms.setdefault(number, alarm)
+            raise
+        if unlock is not None and unlock.purpose in ("deposit", "reconfirm", "confiscation"):
+            self._signal("ok")
+        elif not self.alarms:
+            self._indicate("idle")
+
+    def _door_closed_unit(self, number: int, unlock: Unlock | None) -> None:
         with self._unit() as work:
             self._compartment(work, number, door_open=False)
             self.audit.record(
@@ -901,10 +1065,6 @@ class Controller:
                     self._show_idle()
             if unlock is not None:
                 self._door_closed_after_unlock(work, unlock)
-        if unlock is not None and unlock.purpose in ("deposit", "reconfirm", "confiscation"):
-            self._signal("ok")
-        elif not self.alarms:
-            self._indicate("idle")
 
     def _door_closed_after_unlock(self, work: Work, unlock: Unlock) -> None:
         record = unlock.record
@@ -950,9 +1110,9 @@ class Controller:
     def _timer_door_alarm(self, number: int) -> None:
         if not self.cabinet.doors[number].is_open or number in self.alarms:
             return
+        unlock = self.awaiting_close.get(number)
         with self._unit() as work:
             self._raise_alarm(work, number, "door_open")
-            unlock = self.awaiting_close.get(number)
             record = unlock.record if unlock is not None else None
             if record is not None and record.state is CustodyState.PENDING_DEPOSIT:
                 # The device is most likely inside: keep it, and tell the office.
@@ -968,7 +1128,8 @@ class Controller:
                     detail=f"compartment {number} was left open after the deposit",
                 )
                 self._cancel("pending", record.id)
-                unlock.purpose = "left_open"
+        if unlock is not None and unlock.purpose == "deposit" and number in self.alarms:
+            unlock.purpose = "left_open"
 
     def _raise_alarm(self, work: Work, number: int, kind: str) -> None:
         self.alarms[number] = {
@@ -1039,6 +1200,9 @@ class Controller:
     ) -> None:
         if command_id is None:
             return
+        if not self.online:  # the command lives in the central database: finish it there
+            self._unfinished[command_id] = {"result": result, "error": error}
+            return
         command = work.orm.get(Command, command_id)
         if command is not None and command.status is CommandStatus.RUNNING:
             commands.finish(
@@ -1094,13 +1258,13 @@ class Controller:
             batch.in_flight.add(number)
             self._start_unlock(Unlock(number, "open_all"))
         if not batch.waiting and not batch.in_flight:
-            self.open_all = None
             with self._unit() as work:
                 self._finish_command(
                     work,
                     batch.command_id,
                     result={"opened": sorted(batch.opened), "failed": sorted(batch.failed)},
                 )
+                self.open_all = None
                 self._show_idle()
 
     def _command_enrol_next_card(self, command_id: int, payload: dict[str, Any]) -> None:
@@ -1279,11 +1443,13 @@ class Controller:
             if self._swept_day != today and now >= self.policy.end_of_day(today):
                 self.ledger.flag_uncollected(work.orm, self.actor, self.clock)
                 self._swept_day = today
+        self._write_state_file(now)
         self.notifier.status(self._status_line())
 
     def _status_line(self) -> str:
         faults = "; ".join(self.faults.values())
-        return f"kiosk {self.config.name}: " + (f"FAULT {faults}" if faults else "ok")
+        network = "" if self.online else " (OFFLINE: working from the local copy)"
+        return f"kiosk {self.config.name}: " + (f"FAULT {faults}" if faults else "ok") + network
 
     # ======================================================================== screen, state
 
@@ -1331,23 +1497,45 @@ class Controller:
             with self._unit():
                 self._show_idle()
 
-    def _state(self, status: str | None = None) -> dict[str, Any]:
+    def _state(self) -> dict[str, Any]:
         return {
-            "status": status or ("fault" if self.faults else "ok"),
+            "status": "stopped" if self.stopped else "fault" if self.faults else "ok",
             "faults": list(self.faults.values()),
             "mode": self.mode.name,
             "hardware": self.cabinet.backend,
             "started_at": self._started_at.isoformat(),
             "screen": self.screen,
             "alarms": list(self.alarms.values()),
+            "network": "online" if self.online else "offline",
+            "offline_since": self.offline_since.isoformat() if self.offline_since else None,
         }
 
-    def _write_state(self, connection: Connection, status: str | None = None) -> None:
+    def _write_state(self, connection: Connection) -> None:
         """Publish the kiosk's state (screen, alarms, faults) if it changed."""
-        state = self._state(status)
+        state = self._state()
         if state != self._published:
             connection.execute(_PUBLISH_STATE, {"kiosk_id": self.kiosk_id, "state": state})
             self._published = state
+            self._write_state_file(self.clock.now())
+
+    def _write_state_file(self, heartbeat_at: datetime) -> None:
+        """On a shared database, also publish the state in a file next to the instance, for
+        this kiosk's own screen while the database is out of reach (best effort)."""
+        if self.mirror is None or self._published is None:
+            return
+        path = state_file(self.instance.home, self.config.name)
+        data = {
+            "kiosk": self.config.name,
+            "label": self.config.label,
+            "heartbeat_at": heartbeat_at.isoformat(),
+            "state": self._published,
+        }
+        try:
+            temporary = path.with_name(path.name + ".tmp")
+            temporary.write_text(json.dumps(data), encoding="utf-8")
+            os.replace(temporary, path)
+        except OSError as exc:
+            log.warning("could not write %s: %s", path, exc)
 
     def _compartment(self, work: Work, number: int, **values: Any) -> None:
         """Update columns of one compartment (door, alarm, failures) with a pre-built
@@ -1367,6 +1555,141 @@ class Controller:
         params["compartment_id"] = self.compartment_ids[number]
         work.connection.execute(statement, params)
 
+    # ======================================================================== offline
+
+    def _offline_instead(self, exc: SQLAlchemyError) -> bool:
+        """Go offline when ``exc`` says the database is out of reach and the mirror can take
+        over; True when the work in hand should be done again (on the mirror)."""
+        if not (self.online and self.mirror is not None and unreachable(exc)):
+            return False
+        try:
+            if not self.mirror.ready:
+                log.error("the database is out of reach and the offline copy is empty")
+                return False
+            self._switch_to_mirror()
+            with self._unit() as work:
+                self._record_offline(work, exc)
+        except SQLAlchemyError:
+            log.exception("the offline copy cannot be used either")
+            return False
+        return True
+
+    def _switch_to_mirror(self) -> None:
+        assert self.mirror is not None
+        self._drop_connection()
+        self.mirror.begin_session()
+        self.online = False
+        self.offline_since = self.clock.now()
+        self.db = self.mirror.database
+        self._published = None
+        self._mirror_since = None
+        self._next_reconnect = self.clock.monotonic() + RECONNECT_S
+        self.faults.pop("database", None)
+        log.warning("kiosk %s: working OFFLINE from the local copy", self.config.name)
+
+    def _record_offline(self, work: Work, exc: BaseException) -> None:
+        cause = getattr(exc, "orig", None) or exc
+        self.audit.record(
+            work.connection,
+            self.clock,
+            self.actor,
+            "kiosk.offline",
+            details={"error": type(cause).__name__},
+        )
+
+    def _try_reconnect(self) -> None:
+        """Offline: if the database answers, replay the offline events and go online."""
+        assert self.mirror is not None
+        try:
+            ensure_current(self.central)  # also the first question after starting offline
+        except SQLAlchemyError as exc:
+            log.debug("the database is still out of reach: %s", exc)
+            return
+        except InstanceError as exc:
+            log.error("the database answers but cannot be used: %s; staying offline", exc)
+            return
+        try:
+            created = self._replay()
+            self.mirror.refresh(self.central, end_session=True)
+        except SQLAlchemyError as exc:
+            if unreachable(exc):
+                log.warning("replay interrupted (%s); it resumes on the next attempt", exc)
+            else:
+                log.exception("replaying the offline events failed; staying offline")
+            return
+        self._go_online(created)
+
+    def _replay(self) -> dict[int, int | None]:
+        """Replay the mirror's offline session; local record ids -> central ones."""
+        assert self.mirror is not None
+        summary = Replayer(self.instance, self.mirror, self.config.name, self.clock).replay()
+        return summary.created if summary is not None else {}
+
+    def _go_online(self, created: dict[int, int | None]) -> None:
+        self._drop_connection()
+        self.db = self.central
+        self.online = True
+        since, self.offline_since = self.offline_since, None
+        self._published = None
+        self._adopt(created)
+        with self._unit() as work:
+            for number in self.compartment_ids:  # what the doors did meanwhile
+                door = self.cabinet.doors.get(number)
+                self._compartment(
+                    work,
+                    number,
+                    door_open=door is not None and door.is_open,
+                    alarm=self.alarms.get(number, {}).get("kind"),
+                )
+            for command_id, outcome in self._unfinished.items():
+                self._finish_command(work, command_id, **outcome)
+            self.audit.record(
+                work.connection,
+                self.clock,
+                self.actor,
+                "kiosk.online",
+                details={
+                    "offline_since": since.isoformat() if since else None,
+                    "offline_s": round((self.clock.now() - since).total_seconds(), 1)
+                    if since
+                    else None,
+                },
+            )
+        self._unfinished.clear()
+        self._next_command_poll = 0.0
+        self._next_refresh = self.clock.monotonic() + REFRESH_S
+        log.warning("kiosk %s: back ONLINE; offline events replayed", self.config.name)
+
+    def _adopt(self, created: dict[int, int | None]) -> None:
+        """After a replay: the open compartments and pending deadlines follow their records
+        to their central ids (and their central state)."""
+        with self.central.reader() as session:
+            for unlock in (*self.unlocks.values(), *self.awaiting_close.values()):
+                if unlock.custody_id is None:
+                    continue
+                central_id = created.get(unlock.custody_id, unlock.custody_id)
+                record = session.get(CustodyRecord, central_id) if central_id else None
+                unlock.record = RecordRef.of(record) if record is not None else None
+                unlock.custody_id = record.id if record is not None else None
+        now = self.clock.monotonic()
+        due = {seq: at for at, seq, _, _ in self._timers}
+        for (name, key), seq in list(self._timer_keys.items()):
+            if name == "pending" and key in created:
+                self._cancel(name, key)
+                if created[key] is not None:
+                    self._after(max(0.0, due.get(seq, now) - now), name, created[key])
+
+    def _copy_to_mirror(self) -> None:
+        """Copy the records this kiosk changed to the mirror (between events, online)."""
+        if self._mirror_since is None or not self.online or self.mirror is None:
+            return
+        since, self._mirror_since = self._mirror_since, None
+        try:
+            self.mirror.sync_records(self.central, self.kiosk_id, since)
+        except SQLAlchemyError as exc:
+            self._mirror_since = since
+            log.warning("could not update the offline copy: %s", exc)
+
     # ======================================================================== faults, signals
 
     def _set_fault(self, key: str, message: str) -> None:
@@ -1375,33 +1698,38 @@ class Controller:
         if not first:
             return
         log.error("kiosk fault: %s", message)
+        self._guarded("recording a fault", self._record_fault, key, message)
+        self._indicate("error")
+
+    def _record_fault(self, key: str, message: str) -> None:
+        with self._unit() as work:
+            self.audit.record(
+                work.connection,
+                self.clock,
+                self.actor,
+                "kiosk.fault",
+                details={"fault": key, "message": message},
+            )
+            self._show_idle()
+
+    def _clear_fault(self, key: str) -> None:
+        message = self.faults.pop(key, None)
+        if message is None:
+            return
+        log.info("kiosk fault cleared: %s", key)
         try:
             with self._unit() as work:
                 self.audit.record(
                     work.connection,
                     self.clock,
                     self.actor,
-                    "kiosk.fault",
-                    details={"fault": key, "message": message},
+                    "kiosk.fault_cleared",
+                    details={"fault": key},
                 )
                 self._show_idle()
-        except SQLAlchemyError:
-            log.exception("could not record the fault")
-        self._indicate("error")
-
-    def _clear_fault(self, key: str) -> None:
-        if self.faults.pop(key, None) is None:
-            return
-        log.info("kiosk fault cleared: %s", key)
-        with self._unit() as work:
-            self.audit.record(
-                work.connection,
-                self.clock,
-                self.actor,
-                "kiosk.fault_cleared",
-                details={"fault": key},
-            )
-            self._show_idle()
+        except BaseException:
+            self.faults.setdefault(key, message)
+            raise
         self._indicate("idle")
 
     def _database_fault(self, exc: Exception) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import enum
 import logging
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -243,6 +244,11 @@ _FREE = {
     for kind in CompartmentKind
 }
 _FIRST_FREE = {kind: query.limit(1) for kind, query in _FREE.items()}
+_PUPIL_COMPARTMENT = select(_COMPARTMENTS.c.id, _COMPARTMENTS.c.number).where(
+    _COMPARTMENTS.c.kiosk_id == bindparam("kiosk_id"),
+    _COMPARTMENTS.c.number == bindparam("number"),
+    text("compartments.kind = 'pupil'"),
+)
 _LAST_USED = {
     kind: select(_RECORDS.c.compartment_id, _COMPARTMENTS.c.number)
     .join(_COMPARTMENTS, _COMPARTMENTS.c.id == _RECORDS.c.compartment_id)
@@ -384,30 +390,54 @@ class CustodyLedger:
         return sorted(found, key=lambda compartment: compartment.number)
 
     def allocate(
-        self, session: Executor, kiosk: Kiosk, kind: CompartmentKind, pupil_id: int | None = None
+        self,
+        session: Executor,
+        kiosk: Kiosk,
+        kind: CompartmentKind,
+        pupil_id: int | None = None,
+        *,
+        busy: Collection[int] = (),
     ) -> tuple[int, int]:
         """A free compartment of ``kind`` in ``kiosk`` as (id, number): the one the pupil used
         last when it is free, else the lowest-numbered. ConflictError when none is free.
 
-        The database's unique index is the last word if two writers pick the same one."""
+        ``busy``: numbers the kiosk is opening or has open right now (a device just released
+        may still be inside): not free, whatever the records say. The database's unique
+        index is the last word if two writers pick the same one."""
+        connection = connection_of(session)
         chosen = None
         if pupil_id is not None:
-            connection = connection_of(session)
             last = connection.execute(
                 _LAST_USED[kind], {"pupil_id": pupil_id, "kiosk_id": kiosk.id}
             ).first()
-            if last is not None and (
-                connection.execute(_OCCUPIED, {"compartment_id": last[0]}).first() is None
+            if (
+                last is not None
+                and last[1] not in busy
+                and connection.execute(_OCCUPIED, {"compartment_id": last[0]}).first() is None
             ):
                 chosen = last
-        if chosen is None:
-            chosen = (
-                connection_of(session).execute(_FIRST_FREE[kind], {"kiosk_id": kiosk.id}).first()
-            )
+        if chosen is None and not busy:
+            chosen = connection.execute(_FIRST_FREE[kind], {"kiosk_id": kiosk.id}).first()
+        elif chosen is None:
+            free = connection.execute(_FREE[kind], {"kiosk_id": kiosk.id})
+            chosen = next((row for row in free if row[1] not in busy), None)
         if chosen is None:
             what = "secure compartment" if kind is CompartmentKind.SECURE else "compartment"
             raise ConflictError(f"no free {what} in {kiosk.label}")
         return chosen[0], chosen[1]
+
+    def _take(self, session: Executor, kiosk: Kiosk, number: int) -> tuple[int, int]:
+        """Compartment ``number`` of ``kiosk`` as (id, number) if it is a free pupil
+        compartment; ConflictError otherwise."""
+        connection = connection_of(session)
+        row = connection.execute(
+            _PUPIL_COMPARTMENT, {"kiosk_id": kiosk.id, "number": number}
+        ).first()
+        if row is None:
+            raise ConflictError(f"{kiosk.label} has no pupil compartment {number}")
+        if connection.execute(_OCCUPIED, {"compartment_id": row[0]}).first() is not None:
+            raise ConflictError(f"compartment {number} of {kiosk.label} is already in use")
+        return row[0], row[1]
 
     # ---------------------------------------------------------------- mechanics
 
@@ -581,10 +611,16 @@ class CustodyLedger:
         kiosk: Kiosk,
         timeout_s: float,
         device: str | None = None,
+        compartment: int | None = None,
+        busy: Collection[int] = (),
     ) -> RecordRef:
         """A pupil's card at the kiosk, in the deposit window: allocate a compartment and
         write PENDING_DEPOSIT. Written **before** the lock opens. Returns a reference to the
-        new record (``session.get(CustodyRecord, ref.id)`` loads it)."""
+        new record (``session.get(CustodyRecord, ref.id)`` loads it).
+
+        ``compartment`` (a number) asks for that one, when it must be that one (replaying
+        what a kiosk did offline); ConflictError if it is not a free pupil compartment.
+        ``busy``: compartments the kiosk has open or opening (see :meth:`allocate`)."""
         self._authorise(Operation.START_DEPOSIT, actor, None)
         if actor.pupil_id != pupil.id:
             raise PermissionDenied("a pupil may only deposit their own device")
@@ -598,7 +634,12 @@ class CustodyLedger:
         existing = self.daily_ref(session, pupil.id)
         if existing is not None:
             raise ConflictError(f"your device is already in locker {existing.compartment}")
-        compartment_id, number = self.allocate(session, kiosk, CompartmentKind.PUPIL, pupil.id)
+        if compartment is None:
+            compartment_id, number = self.allocate(
+                session, kiosk, CompartmentKind.PUPIL, pupil.id, busy=busy
+            )
+        else:
+            compartment_id, number = self._take(session, kiosk, compartment)
         pending_until = now + timedelta(seconds=timeout_s)
         record_id = self._insert(
             session,
@@ -705,6 +746,7 @@ class CustodyLedger:
         device: str | None = None,
         kiosk: Kiosk | None = None,
         record: CustodyRecord | None = None,
+        busy: Collection[int] = (),
     ) -> CustodyRecord:
         """Staff confiscate a device.
 
@@ -739,7 +781,7 @@ class CustodyLedger:
             return record
         self._authorise(Operation.CONFISCATE, actor, None)
         compartment_id, number = (
-            self.allocate(session, kiosk, CompartmentKind.SECURE)
+            self.allocate(session, kiosk, CompartmentKind.SECURE, busy=busy)
             if kiosk is not None
             else (None, None)
         )

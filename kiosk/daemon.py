@@ -11,14 +11,17 @@ import signal
 import threading
 from typing import Any
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from hardware.cabinet import Cabinet, open_cabinet
 from hardware.errors import HardwareError
 from hardware.spec import CabinetSpec
 from kiosk.config import Config
-from kiosk.controller import Controller, LiveClock
+from kiosk.controller import Controller, LiveClock, unreachable
 from kiosk.errors import ConfigError, LockerError
 from kiosk.instance import Instance
 from kiosk.migrate import ensure_current
+from kiosk.offline import mirror_path
 from kiosk.systemd import Notifier
 
 log = logging.getLogger(__name__)
@@ -49,9 +52,22 @@ def cabinet_spec(config: Config, *, simulate: bool = False) -> CabinetSpec:
     return spec
 
 
+def check_schema(instance: Instance) -> None:
+    """InstanceError unless the database's schema is current. A kiosk on a shared database
+    that cannot be reached starts anyway when it has an offline copy (it works from that,
+    and its controller checks the schema again when the database answers)."""
+    try:
+        ensure_current(instance.database)
+    except SQLAlchemyError as exc:
+        copy = mirror_path(instance.home, instance.config.kiosk.name)
+        if instance.database.dialect != "postgresql" or not unreachable(exc) or not copy.exists():
+            raise
+        log.warning("the database is out of reach (%s): the schema is checked later", exc)
+
+
 def run_kiosk(instance: Instance, *, simulate: bool = False, auto_open: bool = True) -> None:
     """Run the kiosk until SIGTERM or SIGINT; every lock is left de-energised on the way out."""
-    ensure_current(instance.database)
+    check_schema(instance)
     spec = cabinet_spec(instance.config, simulate=simulate)
     stop = threading.Event()
 

@@ -26,6 +26,8 @@ from kiosk.errors import ConfigError, InstanceError
 log = logging.getLogger(__name__)
 
 _BEGIN_OPTION = "locker_sqlite_begin"
+_SERIALIZE_OPTION = "locker_serialize_writers"
+COMMAND_CHANNEL = "locker_commands"
 
 
 Executor = Session | Connection
@@ -90,6 +92,17 @@ def _configure_sqlite(engine: Engine, busy_timeout_ms: int) -> None:
         connection.exec_driver_sql(f"BEGIN {mode}".strip())
 
 
+def _configure_postgresql(engine: Engine) -> None:
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        # Every write unit of work appends to the one audit chain, so writers are serialised
+        # on its head anyway; taking that lock first (as SQLite's BEGIN IMMEDIATE does) means
+        # no writer ever holds a row another one waits for while waiting for the head: no
+        # deadlock, and each unit sees everything committed before it.
+        if connection.get_execution_options().get(_SERIALIZE_OPTION):
+            connection.exec_driver_sql("SELECT seq FROM audit_head WHERE id = 1 FOR UPDATE")
+
+
 class Database:
     """The connection to the ledger's database, SQLite or PostgreSQL.
 
@@ -117,6 +130,7 @@ class Database:
             }
         elif self.dialect == "postgresql":
             kwargs["pool_pre_ping"] = True
+            kwargs["connect_args"] = {"connect_timeout": 5}
         else:
             raise ConfigError(
                 f"[database] url: {self.dialect!r} is not supported; use sqlite or postgresql"
@@ -132,7 +146,8 @@ class Database:
             _configure_sqlite(self.engine, busy_timeout_ms)
             write_engine = self.engine.execution_options(**{_BEGIN_OPTION: "IMMEDIATE"})
         else:
-            write_engine = self.engine
+            _configure_postgresql(self.engine)
+            write_engine = self.engine.execution_options(**{_SERIALIZE_OPTION: True})
         self._write_engine = write_engine
         self._write = sessionmaker(write_engine, expire_on_commit=False)
         self._read = sessionmaker(self.engine, expire_on_commit=False)

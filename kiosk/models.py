@@ -390,6 +390,7 @@ class CustodyRecord(Base):
         Index("ix_custody_records_state", "state"),
         Index("ix_custody_records_pupil_started", "pupil_id", "started_at"),
         Index("ix_custody_records_started_at", "started_at"),
+        Index("ix_custody_records_kiosk_updated", "kiosk_id", "updated_at"),
         CheckConstraint(
             f"(state IN {sql_in(TERMINAL_STATES)} AND ended_at IS NOT NULL) OR "
             f"(state NOT IN {sql_in(TERMINAL_STATES)} AND ended_at IS NULL)",
@@ -525,3 +526,26 @@ class Command(Base):
     kiosk: Mapped[Kiosk] = relationship()
 
     __table_args__ = (Index("ix_commands_kiosk_status", "kiosk_id", "status", "id"),)
+
+
+class OfflineReplay(Base):
+    """One event a kiosk recorded while it could not reach the database, applied centrally.
+
+    Written in the same transaction as what the event did, so a replay interrupted at any
+    moment resumes without doing anything twice (the unique key is the guarantee).
+    """
+
+    __tablename__ = "offline_replays"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kiosk_id: Mapped[int] = mapped_column(ForeignKey("kiosks.id", ondelete="CASCADE"))
+    session: Mapped[str] = mapped_column(String(36))
+    local_seq: Mapped[int] = mapped_column(BigInteger)
+    kind: Mapped[str] = mapped_column(String(60))
+    outcome: Mapped[str] = mapped_column(String(40))
+    custody_id: Mapped[int | None] = mapped_column(Integer)
+    applied_at: Mapped[datetime]
+
+    __table_args__ = (
+        UniqueConstraint("kiosk_id", "session", "local_seq", name="uq_offline_replays_event"),
+    )

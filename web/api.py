@@ -37,8 +37,6 @@ log = logging.getLogger(__name__)
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
-MAX_ID = 10**12 - 1
-
 
 @bp.before_request
 def _csrf_for_sessions() -> None:
@@ -81,7 +79,7 @@ def _id(data: dict[str, Any], key: str) -> int | None:
     value = data.get(key)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_ID:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= core.MAX_ID:
         raise ValidationError(f"{key} must be a positive whole number")
     return value
 

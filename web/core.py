@@ -22,6 +22,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import BaseConverter
+from werkzeug.routing import ValidationError as RoutingValidationError
 
 from kiosk.actors import Actor
 from kiosk.clock import Clock
@@ -184,13 +185,21 @@ def register_error_handlers(app: Any) -> None:
 # ------------------------------------------------------------------------------ input
 
 
+#: The largest record id: ids are 32-bit in the database (PostgreSQL's ``integer``).
+MAX_ID = 2**31 - 1
+
+
 class IdConverter(BaseConverter):
-    """``<id:name>``: a record id of 1-12 digits (bigger numbers are simply not found)."""
+    """``<id:name>``: a record id. Ids are 32-bit in the database (PostgreSQL's ``integer``):
+    a bigger number cannot name a row, so the route does not match (404)."""
 
     regex = r"\d{1,12}"
 
     def to_python(self, value: str) -> int:
-        return int(value)
+        number = int(value)
+        if number > MAX_ID:
+            raise RoutingValidationError()
+        return number
 
     def to_url(self, value: Any) -> str:
         return str(int(value))

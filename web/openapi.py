@@ -11,9 +11,8 @@ from typing import Any
 from kiosk.commands import CommandKind
 from kiosk.models import CommandStatus, CustodyKind, CustodyState, ExemptionKind
 
+from .core import MAX_ID
 from .queries import GRID_STATES
-
-MAX_ID = 10**12 - 1
 
 
 def _nullable(schema: dict[str, Any]) -> dict[str, Any]:

@@ -22,10 +22,19 @@ from kiosk.users import hash_password
 SCHOOL_MORNING = datetime(2026, 9, 7, 6, 45, tzinfo=UTC)
 
 
-def make_instance(home: Path, overrides: dict[str, dict[str, Any]] | None = None) -> Instance:
-    """A freshly created, migrated instance with its kiosk registered (no environment)."""
+def make_instance(
+    home: Path,
+    overrides: dict[str, dict[str, Any]] | None = None,
+    database_url: str | None = None,
+) -> Instance:
+    """A freshly created, migrated instance with its kiosk registered (no environment); on
+    ``database_url`` (PostgreSQL) when given, else on its SQLite file."""
     instance, _ = Instance.create(home, env={})
+    overrides = dict(overrides or {})
+    if database_url:
+        overrides["database"] = {**overrides.get("database", {}), "url": database_url}
     if overrides:
+        instance.close()
         instance = Instance.open(home, env={}, overrides=overrides)
     migrate.upgrade(instance.database)
     with instance.database.transaction() as session:
@@ -45,8 +54,9 @@ def clock() -> ManualClock:
 
 
 @pytest.fixture
-def instance(tmp_path: Path) -> Iterator[Instance]:
-    inst = make_instance(tmp_path / "instance")
+def instance(tmp_path: Path, database_url: str | None) -> Iterator[Instance]:
+    """An instance on this test's database (each test runs on SQLite and PostgreSQL)."""
+    inst = make_instance(tmp_path / "instance", database_url=database_url)
     yield inst
     inst.close()
 
@@ -111,3 +121,51 @@ def staff_actor(
 
 def main_kiosk(session: Session) -> Kiosk:
     return cabinets.get_kiosk(session, "main")
+
+
+class RawPostgres:
+    """A psycopg connection (autocommit) that takes ``?`` placeholders like sqlite3."""
+
+    def __init__(self, url: str) -> None:
+        import psycopg
+        from sqlalchemy.engine import make_url
+
+        parsed = make_url(url)
+        self.connection = psycopg.connect(
+            host=parsed.host,
+            port=parsed.port,
+            user=parsed.username,
+            dbname=parsed.database,
+            autocommit=True,
+        )
+
+    def execute(self, sql: str, params: tuple[Any, ...] = ()) -> Any:
+        return self.connection.execute(sql.replace("?", "%s"), params)
+
+    def close(self) -> None:
+        self.connection.close()
+
+    def __enter__(self) -> RawPostgres:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def raw_sql(instance: Instance) -> Any:
+    """Plain SQL on the instance's database, outside the application (autocommit, ``?``
+    placeholders): how a careless script, or a tamperer, would touch it."""
+    import sqlite3
+
+    if instance.database.is_sqlite:
+        return sqlite3.connect(instance.sqlite_path, isolation_level=None)
+    return RawPostgres(instance.database.url)
+
+
+def integrity_errors() -> tuple[type[BaseException], ...]:
+    """What a refused statement raises, on either database."""
+    import sqlite3
+
+    import psycopg
+
+    return (sqlite3.IntegrityError, psycopg.IntegrityError)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import sqlite3
 from datetime import timedelta
 
 import pytest
@@ -16,7 +15,7 @@ from kiosk.audit import AuditTrail
 from kiosk.errors import AuditChainBroken
 from kiosk.models import AuditEvent
 
-from .conftest import make_instance
+from .conftest import make_instance, raw_sql
 
 ACTOR = Actor.system("test")
 
@@ -37,8 +36,8 @@ def write_events(instance, clock, count: int = 6) -> None:
             )
 
 
-def raw(instance) -> sqlite3.Connection:
-    return sqlite3.connect(instance.sqlite_path, isolation_level=None)
+def raw(instance):
+    return raw_sql(instance)
 
 
 def verify(instance):
@@ -71,7 +70,7 @@ def test_events_are_chained_in_seq_order(instance, clock):
         ("kiosk", "other"),
         ("custody_id", 42),
         ("pupil_id", 8),
-        ("restricted", 1),
+        ("restricted", True),
         ("occurred_at", "2020-01-01 00:00:00.000000"),
         ("hash", "f" * 64),
     ],
@@ -236,8 +235,9 @@ def test_the_head_follows_every_inserted_event_even_from_raw_sql(instance, clock
     with raw(instance) as connection:
         connection.execute(
             "INSERT INTO audit_events (seq, occurred_at, kind, actor, restricted, details,"
-            " prev_hash, hash) VALUES (999, '2026-09-07 07:00:00.000000', 'x', 'y', 0, '{}',"
-            " 'p', 'h999')"
+            " prev_hash, hash) VALUES (999, '2026-09-07 07:00:00.000000', 'x', 'y', ?, '{}',"
+            " 'p', 'h999')",
+            (False,),
         )
         head = connection.execute("SELECT seq, hash FROM audit_head").fetchone()
     assert head == (999, "h999")

@@ -292,6 +292,7 @@ UIDS = {
 }
 
 
+@pytest.mark.sqlite_only
 def test_a_card_uid_never_appears_in_clear_in_the_database(
     instance: Instance, clock: ManualClock
 ) -> None:
@@ -328,6 +329,7 @@ def test_a_card_uid_never_appears_in_clear_in_the_database(
                 assert form not in content, f"UID of {name} found as {form!r} in {filename}"
 
 
+@pytest.mark.sqlite_only
 def test_the_uid_stays_out_after_a_checkpoint(instance: Instance, clock: ManualClock) -> None:
     uid = bytes.fromhex("3D5F7A91")
     with instance.database.transaction() as session:

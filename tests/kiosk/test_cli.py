@@ -30,7 +30,7 @@ from kiosk.cli import main
 from kiosk.clock import ManualClock
 from kiosk.db import Database
 from kiosk.instance import Instance
-from kiosk.models import Card, Pupil
+from kiosk.models import AuditEvent, Card, Pupil
 
 from .conftest import SCHOOL_MORNING, main_kiosk
 
@@ -821,6 +821,71 @@ def test_backup_of_an_instance_whose_path_has_a_hash(run: Run, tmp_path: Path) -
     assert result.code == 0, result.err
     assert len(pupils_of(dest)) == len(ROSTER_ROWS)
     assert check_backup(dest, home) > 0
+
+
+# ------------------------------------------------------------------------------ cabinet
+
+
+def _compartment_row(home: Path, number: int) -> tuple[int, str | None, int]:
+    connection = sqlite3.connect(home / "locker.db")
+    try:
+        return connection.execute(
+            "SELECT out_of_service, out_of_service_reason, failed_unlocks FROM compartments "
+            "WHERE number = ?",
+            (number,),
+        ).fetchone()
+    finally:
+        connection.close()
+
+
+def test_compartment_back_in_service(locker: Run, home: Path) -> None:
+    connection = sqlite3.connect(home / "locker.db")
+    with connection:
+        connection.execute(
+            "UPDATE compartments SET out_of_service = 1, failed_unlocks = 3, "
+            "out_of_service_reason = 'the door did not open after 3 unlocks' WHERE number = 4"
+        )
+    connection.close()
+    result = locker("compartment", "in-service", "4")
+    assert result.code == 0, result
+    assert "back in service (was: the door did not open after 3 unlocks)" in result.out
+    assert _compartment_row(home, 4) == (0, None, 0)
+    assert locker("audit", "verify").code == 0
+    with open_instance(home).database.reader() as session:
+        event = session.execute(
+            select(AuditEvent).where(AuditEvent.kind == "compartment.in_service")
+        ).scalar_one()
+        assert json.loads(event.details) == {
+            "compartment": 4,
+            "was": "the door did not open after 3 unlocks",
+        }
+    again = locker("compartment", "in-service", "4")
+    assert again.code == 0 and "already in service" in again.out
+
+
+def test_compartment_in_service_mistakes(locker: Run, home: Path) -> None:
+    assert "no compartment 99" in assert_user_error(locker("compartment", "in-service", "99"))
+    assert "no kiosk 'hall'" in assert_user_error(
+        locker("compartment", "in-service", "1", "--kiosk", "hall")
+    )
+    connection = sqlite3.connect(home / "locker.db")
+    with connection:
+        connection.execute(
+            "UPDATE compartments SET out_of_service = 1, "
+            "out_of_service_reason = 'not in the configuration' WHERE number = 2"
+        )
+    connection.close()
+    message = assert_user_error(locker("compartment", "in-service", "2"))
+    assert "[kiosk] compartments" in message
+    assert _compartment_row(home, 2)[0] == 1
+
+
+def test_safe_state_and_selftest_on_the_simulator(locker: Run) -> None:
+    safe = locker("safe-state", "--sim")
+    assert safe.code == 0, safe
+    test = locker("selftest", "--sim", "--card-wait", "0", "--compartment", "1")
+    assert test.code == 0, test  # the simulated pupil pulls each unlocked door open
+    assert "compartment 1: ok" in test.out and test.out.rstrip().endswith("selftest passed")
 
 
 # ------------------------------------------------------------------------------ console script

@@ -4,9 +4,9 @@ try to break them with plain SQL on the SQLite file, the way a careless script w
 from __future__ import annotations
 
 import importlib.util
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,18 +15,22 @@ from kiosk.instance import Instance
 from kiosk.migrate import MIGRATIONS
 from kiosk.models import ACTIVE_STATES, CustodyState
 
-from .conftest import make_instance
+from .conftest import integrity_errors, make_instance, raw_sql
 
 NOW = "2026-09-07 07:00:00.000000"
 
 
+INTEGRITY = integrity_errors()
+
+
 @pytest.fixture
-def raw(tmp_path: Path) -> Iterator[sqlite3.Connection]:
-    instance: Instance = make_instance(tmp_path / "i")
-    path = instance.sqlite_path
+def raw(tmp_path: Path, database_url: str | None) -> Iterator[Any]:
+    """Plain SQL, outside the application, on SQLite and on PostgreSQL."""
+    instance: Instance = make_instance(tmp_path / "i", database_url=database_url)
+    connection = raw_sql(instance)
     instance.close()
-    connection = sqlite3.connect(path, isolation_level=None)
-    connection.execute("PRAGMA foreign_keys = ON")
+    if database_url is None:
+        connection.execute("PRAGMA foreign_keys = ON")
     connection.execute(
         "INSERT INTO pupils (id, admission_number, forename, surname, form, status, created_at,"
         " updated_at) VALUES (1, 'A1', 'Sam', 'T', '7A', 'active', ?, ?),"
@@ -38,7 +42,7 @@ def raw(tmp_path: Path) -> Iterator[sqlite3.Connection]:
 
 
 def insert(
-    raw: sqlite3.Connection,
+    raw: Any,
     state: str = "PENDING_DEPOSIT",
     *,
     pupil: int = 1,
@@ -54,8 +58,8 @@ def insert(
         "started_at": NOW,
         "started_by": "sql",
         "updated_at": NOW,
-        "ever_held": 0,
-        "id_checked": 0,
+        "ever_held": False,
+        "id_checked": False,
         "version": 1,
         "pending_until": NOW if state == "PENDING_DEPOSIT" else None,
         **extra,
@@ -63,12 +67,13 @@ def insert(
     names = ", ".join(columns)
     marks = ", ".join("?" for _ in columns)
     cursor = raw.execute(
-        f"INSERT INTO custody_records ({names}) VALUES ({marks})", tuple(columns.values())
+        f"INSERT INTO custody_records ({names}) VALUES ({marks}) RETURNING id",
+        tuple(columns.values()),
     )
-    return cursor.lastrowid
+    return cursor.fetchone()[0]
 
 
-def set_state(raw: sqlite3.Connection, record: int, state: str, **extra: object) -> None:
+def set_state(raw: Any, record: int, state: str, **extra: object) -> None:
     assignments = ", ".join(f"{name} = ?" for name in ("state", *extra))
     raw.execute(
         f"UPDATE custody_records SET {assignments} WHERE id = ?", (state, *extra.values(), record)
@@ -77,7 +82,7 @@ def set_state(raw: sqlite3.Connection, record: int, state: str, **extra: object)
 
 def test_a_compartment_holds_at_most_one_active_record(raw):
     insert(raw, pupil=1, compartment=1)
-    with pytest.raises(sqlite3.IntegrityError, match="UNIQUE"):
+    with pytest.raises(INTEGRITY, match=r"(?i)unique"):
         insert(raw, pupil=2, compartment=1)
 
 
@@ -89,7 +94,7 @@ def test_a_finished_record_does_not_occupy_its_compartment(raw):
 
 def test_a_pupil_has_at_most_one_active_daily_deposit(raw):
     insert(raw, pupil=1, compartment=1)
-    with pytest.raises(sqlite3.IntegrityError, match="UNIQUE"):
+    with pytest.raises(INTEGRITY, match=r"(?i)unique"):
         insert(raw, pupil=1, compartment=2)
 
 
@@ -103,25 +108,25 @@ def test_a_confiscation_alongside_a_deposit_is_allowed(raw):
 @pytest.mark.parametrize("target", ["COLLECTED", "RELEASED_TO_PARENT"])
 def test_a_held_device_never_goes_to_the_pupil_or_a_parent(raw, target):
     record = insert(raw, "CONFISCATED", kind="confiscation", compartment=21)
-    set_state(raw, record, "SAFEGUARDING_HOLD", hold_reason="concern", ever_held=1)
-    with pytest.raises(sqlite3.IntegrityError, match="custody guard: transition not allowed"):
-        set_state(raw, record, target, ended_at=NOW, collector_name="Jo", id_checked=1)
+    set_state(raw, record, "SAFEGUARDING_HOLD", hold_reason="concern", ever_held=True)
+    with pytest.raises(INTEGRITY, match="custody guard: transition not allowed"):
+        set_state(raw, record, target, ended_at=NOW, collector_name="Jo", id_checked=True)
 
 
 def test_hold_needs_a_reason_and_the_ever_held_mark(raw):
     record = insert(raw, "CONFISCATED", kind="confiscation", compartment=21)
-    with pytest.raises(sqlite3.IntegrityError, match="hold_recorded"):
+    with pytest.raises(INTEGRITY, match="hold_recorded"):
         set_state(raw, record, "SAFEGUARDING_HOLD", hold_reason="concern")
-    with pytest.raises(sqlite3.IntegrityError, match="hold_recorded"):
-        set_state(raw, record, "SAFEGUARDING_HOLD", ever_held=1)
+    with pytest.raises(INTEGRITY, match="hold_recorded"):
+        set_state(raw, record, "SAFEGUARDING_HOLD", ever_held=True)
 
 
 def test_ever_held_cannot_be_cleared(raw):
     record = insert(raw, "CONFISCATED", kind="confiscation", compartment=21)
-    set_state(raw, record, "SAFEGUARDING_HOLD", hold_reason="concern", ever_held=1)
+    set_state(raw, record, "SAFEGUARDING_HOLD", hold_reason="concern", ever_held=True)
     set_state(raw, record, "CONFISCATED")
-    with pytest.raises(sqlite3.IntegrityError, match="never change back"):
-        raw.execute("UPDATE custody_records SET ever_held = 0 WHERE id = ?", (record,))
+    with pytest.raises(INTEGRITY, match="never change back"):
+        raw.execute("UPDATE custody_records SET ever_held = ? WHERE id = ?", (False, record))
 
 
 @pytest.mark.parametrize(
@@ -132,7 +137,7 @@ def test_terminal_states_are_final(raw, terminal):
     for target in CustodyState:
         if target is not terminal:
             ended = None if target in ACTIVE_STATES else NOW
-            with pytest.raises(sqlite3.IntegrityError, match="custody guard"):
+            with pytest.raises(INTEGRITY, match="custody guard"):
                 set_state(raw, record, target.value, ended_at=ended)
 
 
@@ -143,29 +148,28 @@ def test_every_edge_outside_the_table_is_refused_and_every_edge_in_it_allowed(ra
         for target in CustodyState:
             if source is target:
                 continue
-            raw.execute("SAVEPOINT edge")
+            raw.execute("BEGIN")
             try:
                 record = _record_in(raw, source)
                 fields = {
                     "ended_at": None if target in ACTIVE_STATES else NOW,
                     "collector_name": "Jo",
-                    "id_checked": 1,
+                    "id_checked": True,
                     "police_reference": "P1",
                     "hold_reason": "x",
-                    "ever_held": 1,
+                    "ever_held": True,
                     "pending_until": NOW,
                 }
                 if (source, target) in edges:
                     set_state(raw, record, target.value, **fields)
                 else:
-                    with pytest.raises(sqlite3.IntegrityError):
+                    with pytest.raises(INTEGRITY):
                         set_state(raw, record, target.value, **fields)
             finally:
-                raw.execute("ROLLBACK TO edge")
-                raw.execute("RELEASE edge")
+                raw.execute("ROLLBACK")
 
 
-def _record_in(raw: sqlite3.Connection, state: CustodyState) -> int:
+def _record_in(raw: Any, state: CustodyState) -> int:
     """A record brought to ``state`` along allowed edges only."""
     path = {
         CustodyState.PENDING_DEPOSIT: [],
@@ -188,67 +192,67 @@ def _record_in(raw: sqlite3.Connection, state: CustodyState) -> int:
             step,
             ended_at=NOW if terminal else None,
             collector_name="Jo",
-            id_checked=1,
+            id_checked=True,
             police_reference="P1",
             hold_reason="x",
-            ever_held=1,
+            ever_held=True,
         )
     return record
 
 
 def test_new_records_start_only_as_pending_or_confiscated(raw):
-    with pytest.raises(sqlite3.IntegrityError, match="must start as"):
+    with pytest.raises(INTEGRITY, match="must start as"):
         insert(raw, "IN_LOCKER")
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(INTEGRITY):
         insert(raw, "COLLECTED", ended_at=NOW)
 
 
 def test_active_and_once_held_records_are_never_deleted(raw):
     active = insert(raw, "PENDING_DEPOSIT")
-    with pytest.raises(sqlite3.IntegrityError, match="never deleted"):
+    with pytest.raises(INTEGRITY, match="never deleted"):
         raw.execute("DELETE FROM custody_records WHERE id = ?", (active,))
     held = insert(raw, "CONFISCATED", kind="confiscation", compartment=21)
-    set_state(raw, held, "SAFEGUARDING_HOLD", hold_reason="x", ever_held=1)
+    set_state(raw, held, "SAFEGUARDING_HOLD", hold_reason="x", ever_held=True)
     set_state(raw, held, "HANDED_TO_POLICE", police_reference="P", ended_at=NOW)
-    with pytest.raises(sqlite3.IntegrityError, match="never deleted"):
+    with pytest.raises(INTEGRITY, match="never deleted"):
         raw.execute("DELETE FROM custody_records WHERE id = ?", (held,))
 
 
 def test_the_pupil_of_a_record_never_changes(raw):
     record = insert(raw, "PENDING_DEPOSIT")
-    with pytest.raises(sqlite3.IntegrityError, match="never change back"):
+    with pytest.raises(INTEGRITY, match="never change back"):
         raw.execute("UPDATE custody_records SET pupil_id = 2 WHERE id = ?", (record,))
 
 
 def test_release_requires_collector_and_id_check(raw):
     record = insert(raw, "CONFISCATED", kind="confiscation", compartment=21)
-    with pytest.raises(sqlite3.IntegrityError, match="release_recorded"):
+    with pytest.raises(INTEGRITY, match="release_recorded"):
         set_state(raw, record, "RELEASED_TO_PARENT", ended_at=NOW, collector_name="Jo")
 
 
 def test_police_handover_requires_a_reference(raw):
     record = insert(raw, "CONFISCATED", kind="confiscation", compartment=21)
-    set_state(raw, record, "SAFEGUARDING_HOLD", hold_reason="x", ever_held=1)
-    with pytest.raises(sqlite3.IntegrityError, match="police_reference"):
+    set_state(raw, record, "SAFEGUARDING_HOLD", hold_reason="x", ever_held=True)
+    with pytest.raises(INTEGRITY, match="police_reference"):
         set_state(raw, record, "HANDED_TO_POLICE", ended_at=NOW)
 
 
 def test_terminal_iff_ended(raw):
     record = insert(raw, "PENDING_DEPOSIT")
-    with pytest.raises(sqlite3.IntegrityError, match="ended_iff_terminal"):
+    with pytest.raises(INTEGRITY, match="ended_iff_terminal"):
         set_state(raw, record, "CANCELLED")  # no ended_at
-    with pytest.raises(sqlite3.IntegrityError, match="ended_iff_terminal"):
+    with pytest.raises(INTEGRITY, match="ended_iff_terminal"):
         set_state(raw, record, "IN_LOCKER", ended_at=NOW)
 
 
 def test_confiscation_records_never_take_daily_states(raw):
-    with pytest.raises(sqlite3.IntegrityError, match="confiscation_states"):
+    with pytest.raises(INTEGRITY, match="confiscation_states"):
         insert(raw, "PENDING_DEPOSIT", kind="confiscation")
 
 
 def test_unknown_states_are_refused(raw):
     record = insert(raw, "PENDING_DEPOSIT")
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(INTEGRITY):
         set_state(raw, record, "LOST")
 
 
@@ -258,7 +262,7 @@ def test_an_active_card_uid_belongs_to_one_person(raw):
         "VALUES ('h1', 1, ?, 'sql')",
         (NOW,),
     )
-    with pytest.raises(sqlite3.IntegrityError, match="UNIQUE"):
+    with pytest.raises(INTEGRITY, match=r"(?i)unique"):
         raw.execute(
             "INSERT INTO cards (uid_hash, pupil_id, enrolled_at, enrolled_by) "
             "VALUES ('h1', 2, ?, 'sql')",
@@ -273,7 +277,7 @@ def test_an_active_card_uid_belongs_to_one_person(raw):
 
 
 def test_a_card_has_exactly_one_holder(raw):
-    with pytest.raises(sqlite3.IntegrityError, match="one_holder"):
+    with pytest.raises(INTEGRITY, match="one_holder"):
         raw.execute(
             "INSERT INTO cards (uid_hash, enrolled_at, enrolled_by) VALUES ('h2', ?, 'sql')", (NOW,)
         )

@@ -7,186 +7,40 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
-from sqlalchemy.orm import joinedload
 
-from hardware import CabinetSpec, open_cabinet
-from hardware.cabinet import Cabinet
-from kiosk import cards, commands
+from kiosk import cards
 from kiosk.actors import Actor
 from kiosk.controller import (
     FLAG_UNVERIFIED,
     OBSERVATION_DELAY_S,
     Controller,
-    SimulatedClock,
 )
-from kiosk.instance import Instance
 from kiosk.models import (
     AuditEvent,
-    Command,
     CommandStatus,
-    Compartment,
-    CustodyRecord,
     CustodyState,
     Kiosk,
     Pupil,
     Role,
 )
 
-from .conftest import SCHOOL_MORNING, add_pupil, add_user, make_instance
-
-CABINET = {
-    "kiosk": {
-        "compartments": 8,
-        "secure_compartments": [7, 8],
-        "door_open_alarm_s": 60,
-        "out_of_service_after": 3,
-    }
-}
-SAM, ALEX, KIM = bytes.fromhex("A1000001"), bytes.fromhex("A1000002"), bytes.fromhex("A1000003")
-TEACHER = bytes.fromhex("5E000001")
-STRANGER = bytes.fromhex("DEADBEEF")
-AFTERNOON = datetime(2026, 9, 7, 14, 30, tzinfo=UTC)  # 15:30 London
-
-
-@dataclass
-class Rig:
-    instance: Instance
-    clock: SimulatedClock
-    cabinet: Cabinet
-    controller: Controller
-
-    @property
-    def sim(self):
-        return self.cabinet.sim
-
-    def pump(self) -> None:
-        self.controller.pump()
-
-    def tap(self, uid: bytes) -> None:
-        self.sim.tap(uid)
-        self.pump()
-
-    def open(self, number: int) -> bool:
-        opened = self.sim.open_door(number)
-        self.pump()
-        return opened
-
-    def close(self, number: int) -> None:
-        self.sim.close_door(number)
-        self.pump()
-
-    def advance(self, seconds: float) -> None:
-        self.clock.advance(seconds)
-        self.pump()
-
-    def at(self, when: datetime) -> None:
-        self.clock.set(when)
-        self.pump()
-
-    def record(self, admission: str = "S1") -> CustodyRecord | None:
-        with self.instance.database.reader() as session:
-            return session.execute(
-                select(CustodyRecord)
-                .join(Pupil)
-                .where(Pupil.admission_number == admission)
-                .options(joinedload(CustodyRecord.compartment))
-                .order_by(CustodyRecord.id.desc())
-                .limit(1)
-            ).scalar_one_or_none()
-
-    def compartment(self, number: int) -> Compartment:
-        with self.instance.database.reader() as session:
-            return session.execute(
-                select(Compartment).where(Compartment.number == number)
-            ).scalar_one()
-
-    def events(self, kind: str) -> list[dict]:
-        with self.instance.database.reader() as session:
-            rows = (
-                session.execute(
-                    select(AuditEvent.details)
-                    .where(AuditEvent.kind == kind)
-                    .order_by(AuditEvent.seq)
-                )
-                .scalars()
-                .all()
-            )
-        return [json.loads(row) for row in rows]
-
-    def state(self) -> dict:
-        with self.instance.database.reader() as session:
-            return session.execute(select(Kiosk.state)).scalar_one()
-
-    def submit(self, kind: str, **payload) -> int:
-        with self.instance.database.transaction() as session:
-            kiosk = session.execute(select(Kiosk)).scalar_one()
-            return commands.submit(
-                session,
-                Actor.system("test"),
-                self.clock,
-                self.instance.audit,
-                kiosk=kiosk,
-                kind=kind,
-                payload=payload,
-            ).id
-
-    def command(self, command_id: int) -> Command:
-        with self.instance.database.reader() as session:
-            return session.get(Command, command_id)
-
-    def verify(self) -> None:
-        with self.instance.database.reader() as session:
-            self.instance.audit.verify(session)
-
-
-def build(
-    tmp_path: Path,
-    *,
-    auto_open: bool = False,
-    auto_close_s: float | None = None,
-    overrides: dict | None = None,
-    **spec,
-) -> Rig:
-    config = {**CABINET, **(overrides or {})}
-    instance = make_instance(tmp_path / "instance", config)
-    clock = SimulatedClock(SCHOOL_MORNING)
-    with instance.database.transaction() as session:
-        actor = Actor.system("test")
-        for admission, uid, name in (("S1", SAM, "Sam"), ("S2", ALEX, "Alex"), ("S3", KIM, "Kim")):
-            pupil = add_pupil(session, clock, admission, forename=name, surname="Taylor")
-            cards.enrol(
-                session, actor, clock, instance.audit, instance.card_key, uid=uid, pupil=pupil
-            )
-        teacher = add_user(session, clock, "teacher", Role.STAFF)
-        cards.enrol(
-            session, actor, clock, instance.audit, instance.card_key, uid=TEACHER, user=teacher
-        )
-    spec.setdefault("debounce_s", 0.0)
-    cabinet = open_cabinet(
-        CabinetSpec.simulated(8, **spec),
-        "sim",
-        clock=clock,
-        auto_open=auto_open,
-        auto_close_s=auto_close_s,
-    )
-    controller = Controller(instance, cabinet, clock)
-    controller.start(reader_thread=False)
-    return Rig(instance, clock, cabinet, controller)
+from .conftest import add_user, make_instance
+from .rig import AFTERNOON, ALEX, KIM, SAM, STRANGER, TEACHER, Rig, build
 
 
 @pytest.fixture
-def make_rig(tmp_path: Path) -> Iterator:
-    """``make_rig(**options)``: a rig closed at the end of the test whatever happens."""
+def make_rig(tmp_path: Path, database_url: str | None) -> Iterator:
+    """``make_rig(**options)``: a rig closed at the end of the test whatever happens, on
+    this test's database (SQLite and PostgreSQL)."""
     built: list[Rig] = []
 
     def make(**options) -> Rig:
-        rig = build(tmp_path / f"rig{len(built)}", **options)
+        rig = build(tmp_path / f"rig{len(built)}", database_url, **options)
         built.append(rig)
         return rig
 
@@ -426,6 +280,25 @@ def test_open_compartment_command_reports_whether_the_door_opened(rig):
     assert rig.command(missed).status is CommandStatus.FAILED
 
 
+def test_a_compartment_opening_for_the_office_is_not_given_to_a_deposit(rig):
+    """Compartment 1 opens by command (a device released to a parent is still inside), and
+    Alex taps meanwhile: Alex gets another compartment; both finish."""
+    opened = rig.submit("open_compartment", compartment=1, purpose="release")
+    rig.pump()
+    assert rig.sim.energised() == (1,)
+    rig.tap(ALEX)
+    assert rig.record("S2").compartment.number == 2
+    assert set(rig.sim.energised()) == {1, 2}
+    rig.open(1)  # the parent's device is taken out
+    rig.open(2)
+    rig.close(2)
+    rig.close(1)
+    assert rig.command(opened).status is CommandStatus.DONE
+    assert rig.record("S2").state is CustodyState.IN_LOCKER
+    rig.tap(KIM)  # and once closed, compartment 1 is free again
+    assert rig.record("S3").compartment.number == 1
+
+
 def test_open_all_is_staggered_and_audited(make_rig):
     rig = make_rig(max_concurrent_unlocks=2)
     command_id = rig.submit("open_all")
@@ -626,10 +499,10 @@ def test_restart_fails_running_commands_and_alarms_on_open_doors(rig):
     assert started == 2
 
 
-def test_a_smaller_cabinet_ignores_compartments_no_longer_configured(tmp_path):
+def test_a_smaller_cabinet_ignores_compartments_no_longer_configured(tmp_path, database_url):
     """The kiosk was registered with 24 compartments, then the config says 8."""
-    make_instance(tmp_path / "rig0" / "instance")  # registers 24 compartments
-    rig = build(tmp_path / "rig0")
+    make_instance(tmp_path / "rig0" / "instance", database_url=database_url)  # 24 of them
+    rig = build(tmp_path / "rig0", database_url)
     try:
         assert rig.state()["status"] == "ok"
         assert sorted(rig.controller.compartment_ids) == list(range(1, 9))

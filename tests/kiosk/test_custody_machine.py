@@ -11,12 +11,20 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 from hypothesis import event, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 from sqlalchemy import func, select
 
 from kiosk.actors import Actor, ActorRole
@@ -48,45 +56,45 @@ PUPILS = 4
 START = datetime(2026, 9, 7, 6, 30, tzinfo=UTC)  # Monday 07:30 London
 
 
-def template() -> Path:
-    """A migrated instance with pupils and staff, copied for each run (fast)."""
+CABINET = {"kiosk": {"compartments": 6, "secure_compartments": [5, 6]}}
+
+
+def seed(instance: Instance) -> None:
+    clock = ManualClock(START)
+    with instance.database.transaction() as session:
+        for number in range(PUPILS):
+            add_pupil(session, clock, f"P{number}", forename=f"Pupil{number}")
+        for role in Role:
+            session.add(
+                User(
+                    username=role.value,
+                    display_name=role.value,
+                    role=role,
+                    password_hash=_PASSWORD_HASH,
+                    active=True,
+                    created_at=clock.now(),
+                    password_changed_at=clock.now(),
+                )
+            )
+
+
+def sqlite_template() -> Path:
+    """A migrated SQLite instance with pupils and staff, copied for each run (fast)."""
     global _TEMPLATE
     if _TEMPLATE is None:
         root = Path(tempfile.mkdtemp(prefix="custody-machine-"))
-        instance = make_instance(
-            root / "template", {"kiosk": {"compartments": 6, "secure_compartments": [5, 6]}}
-        )
-        clock = ManualClock(START)
-        with instance.database.transaction() as session:
-            for number in range(PUPILS):
-                add_pupil(session, clock, f"P{number}", forename=f"Pupil{number}")
-            for role in Role:
-                session.add(
-                    User(
-                        username=role.value,
-                        display_name=role.value,
-                        role=role,
-                        password_hash=_PASSWORD_HASH,
-                        active=True,
-                        created_at=clock.now(),
-                        password_changed_at=clock.now(),
-                    )
-                )
+        instance = make_instance(root / "template", CABINET)
+        seed(instance)
         instance.close()
         _TEMPLATE = root / "template"
     return _TEMPLATE
 
 
 class CustodyMachine(RuleBasedStateMachine):
-    def __init__(self) -> None:
+    def __init__(self, make: Callable[[Path], Instance]) -> None:
         super().__init__()
         self.root = Path(tempfile.mkdtemp(prefix="custody-run-"))
-        shutil.copytree(template(), self.root / "i")
-        self.instance = Instance.open(
-            self.root / "i",
-            env={},
-            overrides={"kiosk": {"compartments": 6, "secure_compartments": [5, 6]}},
-        )
+        self.instance = make(self.root)
         self.clock = ManualClock(START)
         self.model: dict[int, CustodyState] = {}
         self.record_pupils: dict[int, int] = {}
@@ -372,5 +380,24 @@ class CustodyMachine(RuleBasedStateMachine):
         assert total == len(self.model)
 
 
-CustodyMachine.TestCase.settings = settings(max_examples=50, stateful_step_count=40, deadline=None)
-TestCustodyMachine = CustodyMachine.TestCase
+def test_custody_machine(backend: str, request: pytest.FixtureRequest) -> None:
+    """Random sequences of every operation by every role, on SQLite and on PostgreSQL."""
+    if backend == "sqlite":
+
+        def make(root: Path) -> Instance:
+            shutil.copytree(sqlite_template(), root / "i")
+            return Instance.open(root / "i", env={}, overrides=CABINET)
+    else:
+        server = request.getfixturevalue("postgres_server")
+
+        def make(root: Path) -> Instance:
+            instance = make_instance(root / "i", CABINET, database_url=server.new_database())
+            seed(instance)
+            return instance
+
+    run_state_machine_as_test(
+        lambda: CustodyMachine(make),
+        settings=settings(
+            max_examples=50 if backend == "sqlite" else 25, stateful_step_count=40, deadline=None
+        ),
+    )

@@ -281,3 +281,144 @@ def test_sigkill_at_random_moments_loses_nothing(home):
     assert CustodyState.IN_LOCKER in states or CustodyState.COLLECTED in states
     assert len(seen) >= kills
     print(f"{len(seen)} records over {kills} kills")
+
+
+def test_commands_reach_the_kiosk_within_200_ms_on_postgresql(tmp_path, postgres_server):
+    """On PostgreSQL the web's NOTIFY wakes the kiosk at once (polling stays the fallback)."""
+    from sqlalchemy import func, select
+
+    from kiosk import commands
+    from kiosk.instance import Instance
+    from kiosk.models import AuditEvent, Command, CommandStatus, Kiosk
+
+    url = postgres_server.new_database()
+    instance = make_instance(tmp_path / "instance", database_url=url)
+    (instance.home / "config.toml").write_text(
+        f'[database]\nurl = "{url}"\n[kiosk]\ncompartments = 8\nsecure_compartments = [8]\n',
+        encoding="utf-8",
+    )
+    instance.close()
+    instance = Instance.open(tmp_path / "instance", env={})
+    process = start_kiosk(instance.home)
+    clock = SystemClock()
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            with instance.database.reader() as session:
+                started = session.execute(
+                    select(func.count()).where(AuditEvent.kind == "kiosk.started")
+                ).scalar_one()
+            if started:
+                break
+            assert process.poll() is None, process.stderr.read()
+            time.sleep(0.05)
+        time.sleep(1.0)  # the listener connects
+        delays = []
+        for number in range(1, 6):
+            with instance.database.transaction() as session:
+                kiosk = session.execute(select(Kiosk)).scalar_one()
+                command_id = commands.submit(
+                    session,
+                    Actor.system("test"),
+                    clock,
+                    instance.audit,
+                    kiosk=kiosk,
+                    kind="sim.door",
+                    payload={"compartment": number, "open": False},
+                ).id
+            while True:
+                with instance.database.reader() as session:
+                    command = session.get(Command, command_id)
+                if command.status is CommandStatus.DONE:
+                    break
+                time.sleep(0.01)
+            delays.append((command.picked_at - command.created_at).total_seconds())
+            time.sleep(random.uniform(0.05, 0.3))
+    finally:
+        stop(process)
+        instance.close()
+    assert max(delays) < 0.2, delays
+
+
+def test_a_kiosk_starts_offline_from_its_copy_and_catches_up(tmp_path, postgres_server):
+    """`locker kiosk` on a PostgreSQL server it cannot reach: with an offline copy from its
+    last run it starts and serves from the copy; when the server answers it replays."""
+    from sqlalchemy import select
+
+    from kiosk.instance import Instance
+    from kiosk.models import AuditEvent
+    from kiosk.offline import mirror_path, state_file
+
+    from .netlink import NetworkLink
+
+    direct = postgres_server.new_database()
+    link = NetworkLink.to(direct)
+    url = link.url(direct)
+    instance = make_instance(tmp_path / "instance", database_url=direct)
+    (instance.home / "config.toml").write_text(
+        f'[database]\nurl = "{url}"\n[kiosk]\ncompartments = 8\nsecure_compartments = [8]\n',
+        encoding="utf-8",
+    )
+    home = instance.home
+    instance.close()
+    office = Instance.open(home, env={"LOCKER_DATABASE_URL": direct})
+
+    def kinds() -> list[str]:
+        with office.database.reader() as session:
+            return list(session.execute(select(AuditEvent.kind).order_by(AuditEvent.seq)).scalars())
+
+    def network() -> str | None:
+        try:
+            data = json.loads(state_file(home, "main").read_text(encoding="utf-8"))
+        except (FileNotFoundError, ValueError):
+            return None
+        return data["state"].get("network")
+
+    def wait_for(condition, process, what: str) -> None:
+        deadline = time.monotonic() + 20
+        while not condition():
+            assert process.poll() is None, process.stderr.read()
+            assert time.monotonic() < deadline, f"not in time: {what}"
+            time.sleep(0.05)
+
+    try:
+        # The first run, online, leaves an offline copy behind.
+        process = start_kiosk(home)
+        try:
+            wait_for(lambda: "kiosk.started" in kinds(), process, "started online")
+            wait_for(lambda: network() == "online", process, "state file")
+        finally:
+            stop(process)
+        assert process.returncode == 0 and mirror_path(home, "main").exists()
+
+        link.cut()  # the server is out of reach when the Pi boots
+        process = start_kiosk(home)
+        try:
+            wait_for(lambda: network() == "offline", process, "started offline")
+            link.restore()  # it reconnects by itself (every few seconds)
+            wait_for(lambda: network() == "online", process, "back online")
+        finally:
+            stop(process)
+        assert process.returncode == 0, process.stderr.read()
+        replayed = kinds()
+        assert "kiosk.offline_replayed" in replayed and "kiosk.online" in replayed
+        assert replayed.count("kiosk.started") == 2
+        with office.database.reader() as session:
+            office.audit.verify(session)
+
+        # Without an offline copy there is nothing to work from: a clear refusal.
+        mirror_path(home, "main").unlink()
+        link.cut()
+        refused = subprocess.run(
+            [sys.executable, "-m", "kiosk", "--home", str(home), "kiosk", "--sim"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={k: v for k, v in os.environ.items() if not k.startswith("LOCKER_")},
+        )
+        assert refused.returncode == 75, refused.stderr  # EX_TEMPFAIL: systemd tries again
+        assert refused.stderr.startswith("error: the database cannot be used (")
+        assert "Traceback" not in refused.stderr
+    finally:
+        link.close()
+        office.close()

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import sqlite3
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import select
+from sqlalchemy import inspect, select
 
 from kiosk import migrate
 from kiosk.db import Database
@@ -18,6 +17,7 @@ from kiosk.models import Base, Kiosk, Pupil, PupilStatus
 from .conftest import make_instance
 
 
+@pytest.mark.sqlite_only
 def test_sqlite_runs_in_wal_with_full_sync_foreign_keys_and_a_busy_timeout(instance):
     with instance.database.engine.connect() as connection:
         pragma = {
@@ -39,6 +39,7 @@ def test_sqlite_runs_in_wal_with_full_sync_foreign_keys_and_a_busy_timeout(insta
     }
 
 
+@pytest.mark.sqlite_only
 def test_write_units_of_work_begin_immediate(instance):
     """A second writer waits at BEGIN instead of failing half-way through (busy timeout)."""
     statements: list[str] = []
@@ -104,18 +105,15 @@ def test_upgrade_is_idempotent_and_reports_revisions(instance):
     assert migrate.upgrade(instance.database) == (head, head)
 
 
-def test_downgrade_then_upgrade_round_trips(tmp_path):
-    instance = make_instance(tmp_path / "i")
+def test_downgrade_then_upgrade_round_trips(tmp_path, database_url):
+    instance = make_instance(tmp_path / "i", database_url=database_url)
     from alembic import command
 
     config = migrate.alembic_config()
     with instance.database.engine.begin() as connection:
         config.attributes["connection"] = connection
         command.downgrade(config, "base")
-    with sqlite3.connect(instance.sqlite_path) as raw:
-        tables = {
-            row[0] for row in raw.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
-        }
+    tables = set(inspect(instance.database.engine).get_table_names())
     assert tables <= {"alembic_version"}
     migrate.upgrade(instance.database)
     with instance.database.reader() as session:

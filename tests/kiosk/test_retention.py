@@ -4,7 +4,6 @@ verifies through the checkpoint the purge leaves."""
 from __future__ import annotations
 
 import json
-import sqlite3
 from datetime import UTC, datetime
 
 import pytest
@@ -16,7 +15,7 @@ from kiosk.audit import PURGE_KIND
 from kiosk.errors import AuditChainBroken
 from kiosk.models import AuditEvent, Contact, CustodyRecord, CustodyState, Pupil, PupilStatus, Role
 
-from .conftest import add_pupil, main_kiosk, staff_actor
+from .conftest import add_pupil, main_kiosk, raw_sql, staff_actor
 
 SYSTEM = Actor.system("retention")
 
@@ -118,7 +117,7 @@ def test_the_chain_verifies_after_several_purges(instance, clock):
 def test_a_gap_not_covered_by_a_checkpoint_is_still_detected(instance, clock):
     build_history(instance, clock)
     purge(instance, clock)
-    connection = sqlite3.connect(instance.sqlite_path, isolation_level=None)
+    connection = raw_sql(instance)
     newest = connection.execute(
         "SELECT MAX(seq) FROM audit_events WHERE kind <> ?", (PURGE_KIND,)
     ).fetchone()[0]
@@ -133,7 +132,7 @@ def test_deleting_the_checkpoint_is_detected(instance, clock):
     purge(instance, clock)
     with instance.database.transaction() as session:  # something after the checkpoint
         instance.audit.record(session, clock, SYSTEM, "test.after")
-    connection = sqlite3.connect(instance.sqlite_path, isolation_level=None)
+    connection = raw_sql(instance)
     connection.execute("DELETE FROM audit_events WHERE kind = ?", (PURGE_KIND,))
     connection.close()
     with instance.database.reader() as session, pytest.raises(AuditChainBroken):
@@ -160,6 +159,7 @@ def test_plan_changes_nothing(instance, clock):
     assert before == after
 
 
+@pytest.mark.sqlite_only
 def test_purged_text_does_not_linger_in_the_database_file(instance, clock):
     """secure_delete: the name of a purged pupil is gone from the file's bytes too."""
     with instance.database.transaction() as session:
@@ -167,7 +167,7 @@ def test_purged_text_does_not_linger_in_the_database_file(instance, clock):
         leaver.status, leaver.left_at = PupilStatus.LEFT, clock.now()
     clock.set(datetime(2028, 6, 1, 9, 0, tzinfo=UTC))
     purge(instance, clock)
-    connection = sqlite3.connect(instance.sqlite_path, isolation_level=None)
+    connection = raw_sql(instance)
     connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     connection.close()
     data = instance.sqlite_path.read_bytes()

@@ -11,7 +11,6 @@ import io
 import json
 import re
 import shutil
-import sqlite3
 import tempfile
 import unicodedata
 from collections.abc import Iterator
@@ -39,7 +38,7 @@ from kiosk.models import (
     Role,
 )
 
-from .conftest import main_kiosk, make_instance, staff_actor
+from .conftest import main_kiosk, make_instance, raw_sql, staff_actor
 
 ACTOR = Actor.system("test")
 HEADER = ["admission_number", "forename", "surname", "form", "year"]
@@ -95,8 +94,8 @@ def bad_lines(exc: ImportRejected) -> list[int]:
 
 
 def raw_tables(instance: Instance) -> dict[str, list[tuple[Any, ...]]]:
-    """Every row of the roster tables and the audit trail, read with plain sqlite3."""
-    connection = sqlite3.connect(instance.sqlite_path)
+    """Every row of the roster tables and the audit trail, read with plain SQL."""
+    connection = raw_sql(instance)
     try:
         return {
             table: connection.execute(f"SELECT * FROM {table} ORDER BY 1").fetchall()
@@ -421,6 +420,7 @@ def test_nul_bytes_name_their_lines() -> None:
     assert bad_lines(exc) == [2, 4]
 
 
+@pytest.mark.sqlite_only
 def test_unknown_columns_are_ignored_and_never_stored(
     instance: Instance, clock: ManualClock
 ) -> None:
@@ -559,7 +559,7 @@ def test_contacts_swapping_places(instance: Instance, clock: ManualClock) -> Non
 
 
 def contact_rows(instance: Instance) -> list[tuple[int, str, str, int]]:
-    connection = sqlite3.connect(instance.sqlite_path)
+    connection = raw_sql(instance)
     try:
         return connection.execute(
             "SELECT position, name, relationship, id FROM contacts ORDER BY pupil_id, position"

@@ -126,6 +126,7 @@ def test_usernames_are_folded_to_lower_case() -> None:
 # ------------------------------------------------------------------------------ accounts
 
 
+@pytest.mark.sqlite_only
 def test_add_user_stores_an_argon2_hash_never_the_password(
     instance: Instance, clock: ManualClock
 ) -> None:
@@ -193,6 +194,7 @@ def test_find_user(instance: Instance, session: Session, clock: ManualClock) -> 
 # ------------------------------------------------------------------------------ tokens
 
 
+@pytest.mark.sqlite_only
 def test_tokens_are_shown_once_and_stored_as_sha256(instance: Instance, clock: ManualClock) -> None:
     with instance.database.transaction() as session:
         user = add(session, clock, instance, "kate")

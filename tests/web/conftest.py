@@ -7,6 +7,7 @@ signs in only the roles it needs.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -26,6 +27,7 @@ from kiosk.actors import Actor
 from kiosk.clock import ManualClock
 from kiosk.instance import Instance
 from kiosk.models import Contact, CustodyRecord, Kiosk, Pupil, PupilStatus, Role, User
+from kiosk.offline import state_file
 from kiosk.users import hash_password
 from web import create_app
 
@@ -76,8 +78,13 @@ def add_pupil(
     return pupil
 
 
-def _build_template(home: Path) -> None:
+def _build_template(home: Path, database_url: str | None = None) -> None:
+    """The seeded school: in ``home``'s SQLite file, or (with the same secret) in the
+    PostgreSQL database ``database_url``."""
     instance, _ = Instance.create(home, env={})
+    if database_url:
+        instance.close()
+        instance = Instance.open(home, env={}, overrides={"database": {"url": database_url}})
     migrate.upgrade(instance.database)
     clock = ManualClock(SCHOOL_MORNING)
     secret = hash_password(PASSWORD)
@@ -124,9 +131,26 @@ def clock() -> ManualClock:
     return ManualClock(SCHOOL_MORNING)
 
 
+@pytest.fixture(scope="session")
+def postgres_web_template(postgres_server: Any, template_home: Path) -> str:
+    """A PostgreSQL database seeded like the SQLite template, with the same site secret."""
+    name = "web_template"
+    postgres_server.admin(f"CREATE DATABASE {name} TEMPLATE {postgres_server.template}")
+    _build_template(template_home, postgres_server.url(name))
+    return name
+
+
 @pytest.fixture
-def instance(template_home: Path, tmp_path: Path) -> Iterator[Instance]:
-    inst = copy_instance(template_home, tmp_path / "instance")
+def instance(
+    template_home: Path, tmp_path: Path, backend: str, request: pytest.FixtureRequest
+) -> Iterator[Instance]:
+    """The seeded school on this test's database (each test runs on SQLite and PostgreSQL)."""
+    overrides = dict(OVERRIDES)
+    if backend == "postgresql":
+        server = request.getfixturevalue("postgres_server")
+        template = request.getfixturevalue("postgres_web_template")
+        overrides["database"] = {"url": server.new_database(template)}
+    inst = copy_instance(template_home, tmp_path / "instance", overrides)
     yield inst
     inst.close()
 
@@ -265,6 +289,12 @@ def publish(
         kiosk = kiosk_of(session, name)
         kiosk.heartbeat_at = clock.now()
         kiosk.state = state
+
+
+def write_state_file(instance: Instance, heartbeat_at: datetime, state: dict) -> None:
+    """What a kiosk on a shared database writes next to its instance (kiosk.controller)."""
+    data = {"kiosk": "main", "label": "Form room 7", "heartbeat_at": heartbeat_at.isoformat()}
+    state_file(instance.home, "main").write_text(json.dumps({**data, "state": state}), "utf-8")
 
 
 # ------------------------------------------------------------------------------ browser

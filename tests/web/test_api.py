@@ -315,3 +315,12 @@ def test_openapi_document_is_public(app: Flask) -> None:
         if rule.rule.startswith("/api/v1/") and rule.endpoint != "api.openapi"
     }
     assert routes == paths - {"/healthz"}
+
+
+def test_ids_beyond_what_the_database_can_hold_are_not_found(app, login):
+    """PostgreSQL's integer ids stop at 2**31 - 1: a bigger id is a 404, never a 500."""
+    client = login(Role.ADMIN)
+    for path in ("/api/v1/custody/2147483648", "/api/v1/commands/999999999999"):
+        response = client.get(path)
+        assert response.status_code == 404, path
+        assert "error" in response.get_json()

@@ -25,6 +25,7 @@ from .conftest import (
     confiscate,
     deposit,
     publish,
+    write_state_file,
 )
 
 
@@ -196,6 +197,29 @@ def test_kiosk_screen_follows_the_published_state(
         f"max {max(latencies):.0f} ms over {len(latencies)} changes"
     )
     assert max(latencies) < 300
+
+
+def test_kiosk_screen_says_when_the_kiosk_works_offline(
+    new_page: Callable[..., Any], live: LiveServer
+) -> None:
+    screen = {"seq": 3, "tone": "ok", "title": "Locked away", "message": "Locker 2."}
+    publish(live.instance, live.clock, {"status": "ok", "screen": screen, "network": "online"})
+    page = new_page(800, 480)
+    page.goto(f"{live.url}/kiosk/main")
+    assert page.locator("#title").inner_text() == "Locked away"
+    assert not page.locator("#network").is_visible()
+    # The kiosk loses the database: it goes on, and says so through its state file.
+    offline = {"status": "ok", "screen": {**screen, "seq": 4}, "network": "offline"}
+    write_state_file(live.instance, live.clock.now(), offline)
+    page.wait_for_function("() => document.body.dataset.seq === '4'", timeout=2000)
+    assert page.locator("#network").is_visible()
+    assert "Working offline" in page.locator("#network").inner_text()
+    assert not page.locator("#overlay").is_visible()  # still in service, not out of order
+    back = {**offline, "screen": {**screen, "seq": 5}, "network": "online"}
+    write_state_file(live.instance, live.clock.now(), back)
+    publish(live.instance, live.clock, back)
+    page.wait_for_function("() => document.body.dataset.seq === '5'", timeout=2000)
+    assert not page.locator("#network").is_visible()
 
 
 def test_sign_in_is_throttled(new_page: Callable[..., Any], live: LiveServer) -> None:

@@ -25,6 +25,7 @@
     document.getElementById("overlay-text").textContent =
       state.status === "unknown" ? "Starting up…" : "Out of order: please see the office";
     document.getElementById("fault").hidden = state.status !== "fault";
+    document.getElementById("network").hidden = state.network !== "offline";
     body.dataset.seq = String(s.seq);
     // When this change reached the screen (ms since the epoch): the latency test reads it.
     body.dataset.appliedAt = String(performance.timeOrigin + performance.now());
