@@ -44,6 +44,7 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -253,6 +254,23 @@ def run_kiosk(
     office still asks for a while, stop, and write what was done to ``result_path``."""
     from hardware import CabinetSpec, open_cabinet
     from kiosk.controller import Controller, SimulatedClock
+
+    class BenchClock(SimulatedClock):
+        """Records are stamped with the wall clock; hardware time is simulated (the card
+        reader's waits take no time) and moves on by the real time elapsed at every pump."""
+
+        def __init__(self) -> None:
+            super().__init__(datetime.now(UTC))
+            self._last = time.monotonic()
+
+        def now(self) -> datetime:
+            return datetime.now(UTC)
+
+        def catch_up(self) -> None:
+            now = time.monotonic()
+            self.advance(max(0.0, now - self._last))
+            self._last = now
+
     from kiosk.instance import Instance
     from kiosk.models import CustodyState
 
@@ -262,19 +280,21 @@ def run_kiosk(
     rng = random.Random(seed)
     name = kiosk_name(number)
     instance = Instance.open(home, env={}, overrides=overrides(url, name))
-    clock = SimulatedClock(datetime.now(UTC))
+    clock = BenchClock()
     spec = CabinetSpec.simulated(COMPARTMENTS, debounce_s=0.0)
     cabinet = open_cabinet(spec, "sim", clock=clock)
     controller = Controller(instance, cabinet, clock)
     controller.start(reader_thread=False)
     sim = cabinet.sim
 
-    def pump() -> None:
-        clock.set(max(clock.now(), datetime.now(UTC)))
-        controller.pump()
+    def pump() -> None:  # what the controller's loop does, without waiting
+        clock.catch_up()
+        controller.pump(poll_commands=False)
 
     flows: list[dict[str, Any]] = []
     opened_for_office: Counter[str] = Counter()
+    reasons: Counter[str] = Counter()
+    holding: list[int] = []  # pupils whose device this kiosk locked away
     taps = refused = 0
 
     def serve_office() -> None:
@@ -294,7 +314,9 @@ def run_kiosk(
     while time.time() < end_at:
         pump()
         serve_office()
-        index = rng.randrange(pupils)
+        # Half the taps are pupils whose device this kiosk holds (collections), half any
+        # pupil of the school (deposits, and taps at the wrong cabinet or twice at once).
+        index = rng.choice(holding) if holding and rng.random() < 0.5 else rng.randrange(pupils)
         before = set(sim.energised())
         sim.tap(uid_of(index))
         pump()
@@ -311,6 +333,7 @@ def run_kiosk(
         )
         if unlock is None or unlock.record is None:
             refused += 1
+            reasons[re.sub(r"\d+|k\d", "N", controller.screen.get("message", ""))[:50]] += 1
             continue
         record, door = unlock.record, unlock.number
         if sim.open_door(door):
@@ -320,13 +343,17 @@ def run_kiosk(
         pump()
         if unlock.purpose == "deposit" and record.state is CustodyState.IN_LOCKER:
             flows.append({"kind": "deposit", "custody_id": record.id, "pupil": index})
+            holding.append(index)
         elif collected:
             flows.append({"kind": "collect", "custody_id": record.id, "pupil": index})
+        if unlock.purpose == "collect" and index in holding:
+            holding.remove(index)  # collected, or taken by the office meanwhile
     drain_until = time.time() + DRAIN_S
     while time.time() < drain_until:
         pump()
         serve_office()
         time.sleep(0.01)
+    in_flight = len(controller.unlocks) + len(controller.awaiting_close)
     controller.shutdown()
     cabinet.close()
     instance.close()
@@ -338,6 +365,8 @@ def run_kiosk(
                 "refused": refused,
                 "flows": flows,
                 "opened_for_office": dict(opened_for_office),
+                "in_flight_at_stop": in_flight,
+                "refusals": dict(reasons),
                 "errors": errors.messages,
             }
         ),
@@ -356,16 +385,27 @@ class OfficeLog:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
-def run_office(
-    school: School, url: str, kiosks: int, end_at: float, seed: int, log: OfficeLog
-) -> None:
-    """One web worker's worth of office staff, through the JSON API of the real app."""
-    import web
-    from kiosk.instance import Instance
+def reporting_crashes(log: OfficeLog, work: Callable[..., None], *args: Any) -> None:
+    """Run ``work``; a crash (of the web app, say) is a failure the benchmark reports."""
+    try:
+        work(*args)
+    except Exception as exc:
+        with log.lock:
+            log.failures.append(f"office worker crashed: {exc!r}")
 
+
+def office_actions(
+    school: School,
+    app: Any,
+    kiosks: int,
+    end_at: float,
+    interval_s: float,
+    seed: int,
+    log: OfficeLog,
+) -> None:
+    """One web worker of the office's web app (``app``, shared by the workers as under
+    waitress), through the JSON API: an action every ``interval_s`` seconds (0: flat out)."""
     rng = random.Random(seed)
-    instance = Instance.open(school.office_home, env={}, overrides=overrides(url))
-    app = web.create_app(instance)
     client = app.test_client()
     headers = {
         "office": {"Authorization": f"Bearer {school.office_token}"},
@@ -391,47 +431,45 @@ def run_office(
         records = listed["custody"] if listed else []
         return rng.choice(records) if records else None
 
-    try:
-        while time.time() < end_at:
-            action = rng.choice(
-                ["confiscate", "hold", "lift_hold", "release", "release", "confiscate_secure"]
-            )
-            if action == "confiscate":
-                record = pick("IN_LOCKER")
-                if record:
-                    body = {"admission_number": record["pupil"]["admission_number"]}
-                    call(
-                        action,
-                        "office",
-                        "/confiscations",
-                        {**body, "reason": "bench", "where": "locker"},
-                    )
-            elif action == "hold":
-                record = pick("IN_LOCKER")
-                if record:
-                    call(
-                        action, "dsl", f"/custody/{record['id']}/hold", {"reason": "bench referral"}
-                    )
-            elif action == "lift_hold":
-                record = pick("SAFEGUARDING_HOLD")
-                if record:
-                    call(action, "dsl", f"/custody/{record['id']}/lift-hold", {"note": "bench"})
-            elif action == "release":
-                record = pick("CONFISCATED")
-                if record:
-                    body = {
-                        "id_checked": True,
-                        "collector_name": "A Parent",
-                        "relationship": "mother",
-                    }
-                    call(action, "office", f"/custody/{record['id']}/release", body)
-            else:
-                admission = rng.choice(school.admissions)
-                where = f"kiosk:{kiosk_name(rng.randint(1, kiosks))}"
-                body = {"admission_number": admission, "reason": "bench", "where": where}
-                call(action, "office", "/confiscations", body)
-    finally:
-        instance.close()
+    next_at = time.time()
+    while time.time() < end_at:
+        next_at += interval_s
+        time.sleep(max(0.0, next_at - time.time()))
+        action = rng.choice(
+            ["confiscate", "hold", "lift_hold", "release", "release", "confiscate_secure"]
+        )
+        if action == "confiscate":
+            record = pick("IN_LOCKER")
+            if record:
+                body = {"admission_number": record["pupil"]["admission_number"]}
+                call(
+                    action,
+                    "office",
+                    "/confiscations",
+                    {**body, "reason": "bench", "where": "locker"},
+                )
+        elif action == "hold":
+            record = pick("IN_LOCKER")
+            if record:
+                call(action, "dsl", f"/custody/{record['id']}/hold", {"reason": "bench referral"})
+        elif action == "lift_hold":
+            record = pick("SAFEGUARDING_HOLD")
+            if record:
+                call(action, "dsl", f"/custody/{record['id']}/lift-hold", {"note": "bench"})
+        elif action == "release":
+            record = pick("CONFISCATED")
+            if record:
+                body = {
+                    "id_checked": True,
+                    "collector_name": "A Parent",
+                    "relationship": "mother",
+                }
+                call(action, "office", f"/custody/{record['id']}/release", body)
+        else:
+            admission = rng.choice(school.admissions)
+            where = f"kiosk:{kiosk_name(rng.randint(1, kiosks))}"
+            body = {"admission_number": admission, "reason": "bench", "where": where}
+            call(action, "office", "/confiscations", body)
 
 
 # ------------------------------------------------------------------------------ checks
@@ -540,11 +578,20 @@ def check(
 
 
 def main() -> int:
+    import web
+    from kiosk.instance import Instance
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--database-url", help="PostgreSQL server or new SQLite file")
     parser.add_argument("--kiosks", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--pupils", type=int, default=150)
+    parser.add_argument(
+        "--office-rate",
+        type=float,
+        default=10.0,
+        help="office actions per second, over two web workers (0: as fast as they go)",
+    )
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--keep", action="store_true", help="keep the database and files")
     args = parser.parse_args()
@@ -577,12 +624,24 @@ def main() -> int:
             process.start()
             processes.append(process)
         office = OfficeLog()
+        office_instance = Instance.open(school.office_home, env={}, overrides=overrides(url))
+        app = web.create_app(office_instance)
         while time.time() < start_at:
             time.sleep(0.01)
         workers = [
             threading.Thread(
-                target=run_office,
-                args=(school, url, args.kiosks, end_at, args.seed * 1000 + n, office),
+                target=reporting_crashes,
+                args=(
+                    office,
+                    office_actions,
+                    school,
+                    app,
+                    args.kiosks,
+                    end_at,
+                    2 / args.office_rate if args.office_rate > 0 else 0.0,
+                    args.seed * 1000 + n,
+                    office,
+                ),
                 name=f"office-{n}",
             )
             for n in range(2)
@@ -591,6 +650,7 @@ def main() -> int:
             worker.start()
         for worker in workers:
             worker.join()
+        office_instance.close()
         for process in processes:
             process.join(timeout=args.seconds + 120)
         broken = [p.name for p in processes if p.exitcode != 0]
@@ -623,7 +683,12 @@ def main() -> int:
     opened = Counter()
     for result in results:
         opened.update(result["opened_for_office"])
-    print(f"compartments opened for the office: {dict(opened)}")
+    in_flight = sum(result["in_flight_at_stop"] for result in results)
+    refusals: Counter[str] = Counter()
+    for result in results:
+        refusals.update(result["refusals"])
+    print(f"refused because: {dict(refusals.most_common(4))}")
+    print(f"compartments opened for the office: {dict(opened)}; still open at stop {in_flight}")
     print(f"office API calls: {dict(sorted(office.calls.items()))}")
     print(
         f"commands: {figures['commands']}, never finished {figures['commands_unfinished']}, "

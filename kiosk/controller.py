@@ -87,6 +87,7 @@ OBSERVATION_DELAY_S = 0.1
 COMMAND_RESULT_PURPOSES = ("office", "release", "confiscation", "police", "check", "return")
 #: How often an offline kiosk tries the database again (seconds).
 RECONNECT_S = 5.0
+MIRROR_OVERLAP = timedelta(seconds=1)  # for other writers: their commits may land late
 OFFLINE_STAFF = ("Staff actions need the network", "Please use the office page meanwhile.")
 
 
@@ -272,7 +273,10 @@ class Controller:
         self.mirror: LocalMirror | None = None
         self.online = True
         self.offline_since: datetime | None = None
-        self._mirror_since: datetime | None = None  # records changed since then to copy
+        # The mirror has this kiosk's records as they were at _mirror_since (less an overlap
+        # for clocks that differ); _mirror_dirty: a unit of work committed since.
+        self._mirror_since: datetime | None = None
+        self._mirror_dirty = False
         self._next_refresh = 0.0
         self._next_reconnect = 0.0
         self._unfinished: dict[int, dict[str, Any]] = {}  # command results made offline
@@ -294,8 +298,7 @@ class Controller:
             if self.mirror is not None:
                 if self.mirror.session() is not None:
                     self._replay()
-                self.mirror.refresh(self.central)
-                self._next_refresh = self.clock.monotonic() + REFRESH_S
+                self._refresh_mirror()
         except SQLAlchemyError as exc:
             if not (self.mirror is not None and unreachable(exc) and self.mirror.ready):
                 raise
@@ -478,8 +481,8 @@ class Controller:
         if now >= self._next_heartbeat:
             self._guarded("the heartbeat", self._heartbeat)
         if self.online and self.mirror is not None and now >= self._next_refresh:
-            self._next_refresh = now + REFRESH_S
-            self._guarded("refreshing the offline copy", self.mirror.refresh, self.central)
+            self._next_refresh = now + REFRESH_S  # also when it fails
+            self._guarded("refreshing the offline copy", self._refresh_mirror)
 
     def _next_due(self) -> float:
         if self.online:
@@ -540,7 +543,9 @@ class Controller:
                 work.close()
         self.faults.pop("database", None)
         if self.online and self.mirror is not None:
-            self._mirror_since = min(self._mirror_since or started, started)
+            self._mirror_dirty = True
+            if self._mirror_since is None:
+                self._mirror_since = started - MIRROR_OVERLAP
 
     def _drop_connection(self) -> None:
         if self._connection is not None:
@@ -1582,7 +1587,7 @@ class Controller:
         self.offline_since = self.clock.now()
         self.db = self.mirror.database
         self._published = None
-        self._mirror_since = None
+        self._mirror_since, self._mirror_dirty = None, False
         self._next_reconnect = self.clock.monotonic() + RECONNECT_S
         self.faults.pop("database", None)
         log.warning("kiosk %s: working OFFLINE from the local copy", self.config.name)
@@ -1610,7 +1615,7 @@ class Controller:
             return
         try:
             created = self._replay()
-            self.mirror.refresh(self.central, end_session=True)
+            self._refresh_mirror(end_session=True)
         except SQLAlchemyError as exc:
             if unreachable(exc):
                 log.warning("replay interrupted (%s); it resumes on the next attempt", exc)
@@ -1680,15 +1685,26 @@ class Controller:
                     self._after(max(0.0, due.get(seq, now) - now), name, created[key])
 
     def _copy_to_mirror(self) -> None:
-        """Copy the records this kiosk changed to the mirror (between events, online)."""
-        if self._mirror_since is None or not self.online or self.mirror is None:
+        """After units of work (between events, online): copy this kiosk's records changed
+        since the last copy, by this kiosk or by anyone else, to the mirror."""
+        if not self._mirror_dirty or not self.online or self.mirror is None:
             return
-        since, self._mirror_since = self._mirror_since, None
+        began = self.clock.now()
+        since = self._mirror_since or began - MIRROR_OVERLAP
         try:
             self.mirror.sync_records(self.central, self.kiosk_id, since)
         except SQLAlchemyError as exc:
-            self._mirror_since = since
             log.warning("could not update the offline copy: %s", exc)
+            return
+        self._mirror_since, self._mirror_dirty = began - MIRROR_OVERLAP, False
+
+    def _refresh_mirror(self, *, end_session: bool = False) -> None:
+        """Copy everything again (every REFRESH_S online; after a replay, ending it)."""
+        assert self.mirror is not None
+        began = self.clock.now()
+        if self.mirror.refresh(self.central, end_session=end_session):
+            self._mirror_since, self._mirror_dirty = began - MIRROR_OVERLAP, False
+        self._next_refresh = self.clock.monotonic() + REFRESH_S
 
     # ======================================================================== faults, signals
 

@@ -103,6 +103,16 @@ def _configure_postgresql(engine: Engine) -> None:
             connection.exec_driver_sql("SELECT seq FROM audit_head WHERE id = 1 FOR UPDATE")
 
 
+PG_TIMEOUTS = {
+    "connect_timeout": 5,  # s
+    "keepalives": 1,
+    "keepalives_idle": 10,  # s of silence before the first probe
+    "keepalives_interval": 3,  # s between probes
+    "keepalives_count": 3,  # unanswered probes: the connection is dead
+    "tcp_user_timeout": 10000,  # ms that sent data may stay unacknowledged
+}
+
+
 class Database:
     """The connection to the ledger's database, SQLite or PostgreSQL.
 
@@ -130,7 +140,11 @@ class Database:
             }
         elif self.dialect == "postgresql":
             kwargs["pool_pre_ping"] = True
-            kwargs["connect_args"] = {"connect_timeout": 5}
+            # A kiosk must notice a dead network in seconds (then it works offline), not
+            # after the kernel's retransmissions (minutes). The URL's own settings win.
+            kwargs["connect_args"] = {
+                key: value for key, value in PG_TIMEOUTS.items() if key not in parsed.query
+            }
         else:
             raise ConfigError(
                 f"[database] url: {self.dialect!r} is not supported; use sqlite or postgresql"

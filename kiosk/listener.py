@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from sqlalchemy.engine import make_url
 
-from kiosk.db import COMMAND_CHANNEL
+from kiosk.db import COMMAND_CHANNEL, PG_TIMEOUTS
 
 log = logging.getLogger(__name__)
 
@@ -24,9 +24,9 @@ RETRY_S = 2.0
 
 class CommandListener:
     def __init__(self, url: str, kiosk_id: int, wake: Callable[[], None]) -> None:
-        self._conninfo = (
-            make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-        )
+        parsed = make_url(url)
+        self._conninfo = parsed.set(drivername="postgresql").render_as_string(hide_password=False)
+        self._timeouts = {k: v for k, v in PG_TIMEOUTS.items() if k not in parsed.query}
         self._kiosk = str(kiosk_id)
         self._wake = wake
         self._stop = threading.Event()
@@ -45,11 +45,15 @@ class CommandListener:
     def _run(self) -> None:
         import psycopg
 
+        failing = False
         while not self._stop.is_set():
             try:
-                with psycopg.connect(self._conninfo, autocommit=True, connect_timeout=5) as conn:
+                with psycopg.connect(self._conninfo, autocommit=True, **self._timeouts) as conn:
                     conn.execute(f"LISTEN {COMMAND_CHANNEL}")
                     self.listening.set()
+                    if failing:
+                        log.info("command notifications are back")
+                        failing = False
                     self._wake()  # anything submitted before we listened
                     while not self._stop.is_set():
                         for notice in conn.notifies(timeout=0.5, stop_after=1):
@@ -57,5 +61,10 @@ class CommandListener:
                                 self._wake()
             except psycopg.Error as exc:
                 self.listening.clear()
-                log.warning("command notifications unavailable (%s); polling meanwhile", exc)
+                # Said once per outage: the kiosk's own log says when it works offline.
+                (log.debug if failing else log.warning)(
+                    "command notifications unavailable (%s); polling meanwhile",
+                    str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__,
+                )
+                failing = True
                 self._stop.wait(RETRY_S)

@@ -29,7 +29,18 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Column, MetaData, String, Table, delete, insert, select, text
+from sqlalchemy import (
+    Column,
+    MetaData,
+    String,
+    Table,
+    and_,
+    delete,
+    insert,
+    or_,
+    select,
+    text,
+)
 from sqlalchemy.engine import URL
 from sqlalchemy.orm import Session
 
@@ -42,11 +53,13 @@ from kiosk.errors import LockerError
 from kiosk.instance import Instance
 from kiosk.models import (
     ACTIVE_STATES,
+    DAILY_ACTIVE_STATES,
     AuditEvent,
     AuditHead,
     Base,
     Card,
     Compartment,
+    CustodyKind,
     CustodyRecord,
     Exemption,
     Kiosk,
@@ -161,8 +174,31 @@ class LocalMirror:
             ]
         if not rows:
             return
+        active = [row for row in rows if row["state"] in ACTIVE_STATES]
+        compartments = [row["compartment_id"] for row in active if row["compartment_id"]]
+        deposits = [
+            row["pupil_id"]
+            for row in active
+            if row["kind"] is CustodyKind.DAILY and row["state"] in DAILY_ACTIVE_STATES
+        ]
         with self.database.transaction() as session:
             session.execute(delete(table).where(table.c.id.in_([row["id"] for row in rows])))
+            if active:  # a copy of a record that ended centrally since must not block these
+                session.execute(
+                    delete(table).where(
+                        or_(
+                            and_(
+                                table.c.state.in_(ACTIVE_STATES),
+                                table.c.compartment_id.in_(compartments),
+                            ),
+                            and_(
+                                table.c.kind == CustodyKind.DAILY,
+                                table.c.state.in_(DAILY_ACTIVE_STATES),
+                                table.c.pupil_id.in_(deposits),
+                            ),
+                        ),
+                    )
+                )
             session.execute(insert(table), rows)
 
     # ------------------------------------------------------------------ offline sessions

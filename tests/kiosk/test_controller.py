@@ -453,10 +453,14 @@ def test_every_tap_is_one_audit_event(rig):
 
 
 def restart(rig: Rig) -> Rig:
-    """A new controller on the same database and cabinet, as after a crash (no shutdown)."""
+    """A new controller on the same database and cabinet, as after a crash (no shutdown;
+    the crashed process's threads are gone with it). The new one is not shut down either:
+    it polls for commands (pump) rather than listening, so nothing of it outlives the test."""
     rig.cabinet.reader.stop()
+    if rig.controller._listener is not None:
+        rig.controller._listener.stop()
     controller = Controller(rig.instance, rig.cabinet, rig.clock)
-    controller.start(reader_thread=False)
+    controller.start(reader_thread=False, listen=False)
     return Rig(rig.instance, rig.clock, rig.cabinet, controller)
 
 

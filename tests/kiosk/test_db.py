@@ -10,7 +10,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect, select
 
 from kiosk import migrate
-from kiosk.db import Database
+from kiosk.db import PG_TIMEOUTS, Database
 from kiosk.errors import ConfigError
 from kiosk.models import Base, Kiosk, Pupil, PupilStatus
 
@@ -55,6 +55,27 @@ def test_write_units_of_work_begin_immediate(instance):
         session.execute(select(Kiosk)).all()
     begins = [s for s in statements if s.startswith("BEGIN")]
     assert begins == ["BEGIN IMMEDIATE", "BEGIN"]
+
+
+@pytest.mark.usefixtures("postgres_server")
+def test_postgresql_connections_notice_a_dead_network_in_seconds(postgres_server):
+    """Timeouts and TCP keepalives on every connection (a kiosk then goes offline quickly);
+    what the URL sets itself wins."""
+    url = postgres_server.url("postgres") + "?keepalives_idle=30"
+    database = Database(url)
+    try:
+        with database.engine.connect() as connection:
+            params = connection.connection.dbapi_connection.info.get_parameters()
+    finally:
+        database.dispose()
+    assert {key: params.get(key) for key in PG_TIMEOUTS} == {
+        "connect_timeout": "5",
+        "keepalives": "1",
+        "keepalives_idle": "30",
+        "keepalives_interval": "3",
+        "keepalives_count": "3",
+        "tcp_user_timeout": "10000",
+    }
 
 
 def test_times_come_back_aware_utc_and_naive_times_are_refused(instance, clock):

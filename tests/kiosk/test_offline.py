@@ -22,6 +22,7 @@ from sqlalchemy.orm import joinedload
 
 from kiosk import cabinets
 from kiosk.actors import Actor
+from kiosk.clock import FixedClock
 from kiosk.controller import RECONNECT_S, Controller
 from kiosk.db import Database
 from kiosk.models import (
@@ -258,6 +259,44 @@ def test_a_hold_placed_centrally_meanwhile_wins(school: School) -> None:
     (summary,) = school.events("kiosk.offline_replayed")
     assert len(summary["conflicts"]) == 1
     school.verify()
+
+
+def test_the_offline_copy_follows_what_the_office_did_while_online(school: School) -> None:
+    """A hold placed centrally reaches the kiosk's copy with its next unit of work, and a
+    compartment released by the office is given out again without a stale copy in the way."""
+    sam = school.deposit(SAM)
+    alex = school.deposit(ALEX)
+    with school.office.transaction() as session:
+        ledger, clock = school.rig.instance.ledger, school.rig.clock
+        dsl = Actor.for_user(add_user(session, clock, "dsl", Role.DSL))
+        records = {
+            r.pupil.admission_number: r for r in session.execute(select(CustodyRecord)).scalars()
+        }
+        ledger.hold(session, dsl, clock, records["S1"], reason="urgent referral")
+        ledger.lift_hold(session, dsl, clock, records["S1"], note="checked")
+        ledger.release_to_parent(  # at the end of the day, by the rules
+            session,
+            dsl,
+            FixedClock(AFTERNOON),
+            records["S1"],
+            id_checked=True,
+            collector_name="A Parent",
+            relationship="father",
+        )
+        ledger.hold(session, dsl, clock, records["S2"], reason="urgent referral")
+    kim = school.deposit(KIM)  # a unit of work: the copy catches up
+    assert kim == sam  # the released compartment is free again (nothing open there)
+    with school.controller.mirror.database.reader() as session:
+        copied = {r.id: r.state for r in session.execute(select(CustodyRecord)).scalars()}
+    assert sorted(copied.values()) == sorted(
+        [CustodyState.RELEASED_TO_PARENT, CustodyState.SAFEGUARDING_HOLD, CustodyState.IN_LOCKER]
+    )
+    school.link.cut()
+    school.rig.at(AFTERNOON)
+    school.rig.tap(ALEX)  # offline: the copy knows the device is held
+    assert not school.controller.online
+    assert alex not in school.rig.sim.energised()
+    assert school.controller.screen["tone"] == "refused"
 
 
 def test_a_deposit_made_elsewhere_meanwhile_takes_no_second_compartment(school: School) -> None:
