@@ -54,20 +54,7 @@ _COLUMNS = (
     "prev_hash",
     "hash",
 )
-_ROW_FIELDS = (
-    "id",
-    "seq",
-    "occurred_at",
-    "kind",
-    "actor",
-    "kiosk",
-    "custody_id",
-    "pupil_id",
-    "restricted",
-    "details",
-    "prev_hash",
-    "hash",
-)
+_ROW_FIELDS = ("id", *_COLUMNS)
 
 
 def canonical_json(value: Mapping[str, Any] | None) -> str:

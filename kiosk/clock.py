@@ -53,16 +53,3 @@ class ManualClock:
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-class FixedClock:
-    """A clock stopped at one moment (replaying what a kiosk did offline, at the time it
-    did it)."""
-
-    def __init__(self, when: datetime) -> None:
-        if when.tzinfo is None:
-            raise ValueError("FixedClock needs a timezone-aware time")
-        self._when = when.astimezone(UTC)
-
-    def now(self) -> datetime:
-        return self._when

@@ -1521,11 +1521,14 @@ class Controller:
         if state != self._published:
             connection.execute(_PUBLISH_STATE, {"kiosk_id": self.kiosk_id, "state": state})
             self._published = state
-            self._write_state_file(self.clock.now())
+            # Online the screen reads the database; the heartbeat keeps the file recent.
+            if not self.online:
+                self._write_state_file(self.clock.now())
 
     def _write_state_file(self, heartbeat_at: datetime) -> None:
         """On a shared database, also publish the state in a file next to the instance, for
-        this kiosk's own screen while the database is out of reach (best effort)."""
+        this kiosk's own screen while the database is out of reach (best effort): at every
+        heartbeat, and at every change while offline."""
         if self.mirror is None or self._published is None:
             return
         path = state_file(self.instance.home, self.config.name)
@@ -1661,6 +1664,7 @@ class Controller:
                 },
             )
         self._unfinished.clear()
+        self._write_state_file(self.clock.now())  # the screen stops saying "offline" now
         self._next_command_poll = 0.0
         self._next_refresh = self.clock.monotonic() + REFRESH_S
         log.warning("kiosk %s: back ONLINE; offline events replayed", self.config.name)

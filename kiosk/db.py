@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Connection, DateTime, Engine, create_engine, event
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
@@ -113,6 +113,11 @@ PG_TIMEOUTS = {
 }
 
 
+def pg_timeouts(url: URL) -> dict[str, int]:
+    """PG_TIMEOUTS less what ``url`` sets itself (libpq connection parameters)."""
+    return {key: value for key, value in PG_TIMEOUTS.items() if key not in url.query}
+
+
 class Database:
     """The connection to the ledger's database, SQLite or PostgreSQL.
 
@@ -142,9 +147,7 @@ class Database:
             kwargs["pool_pre_ping"] = True
             # A kiosk must notice a dead network in seconds (then it works offline), not
             # after the kernel's retransmissions (minutes). The URL's own settings win.
-            kwargs["connect_args"] = {
-                key: value for key, value in PG_TIMEOUTS.items() if key not in parsed.query
-            }
+            kwargs["connect_args"] = pg_timeouts(parsed)
         else:
             raise ConfigError(
                 f"[database] url: {self.dialect!r} is not supported; use sqlite or postgresql"

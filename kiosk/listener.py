@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from sqlalchemy.engine import make_url
 
-from kiosk.db import COMMAND_CHANNEL, PG_TIMEOUTS
+from kiosk.db import COMMAND_CHANNEL, pg_timeouts
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ class CommandListener:
     def __init__(self, url: str, kiosk_id: int, wake: Callable[[], None]) -> None:
         parsed = make_url(url)
         self._conninfo = parsed.set(drivername="postgresql").render_as_string(hide_password=False)
-        self._timeouts = {k: v for k, v in PG_TIMEOUTS.items() if k not in parsed.query}
+        self._timeouts = pg_timeouts(parsed)
         self._kiosk = str(kiosk_id)
         self._wake = wake
         self._stop = threading.Event()

@@ -47,7 +47,7 @@ from sqlalchemy.orm import Session
 from kiosk import cabinets
 from kiosk.actors import Actor
 from kiosk.audit import GENESIS_HASH
-from kiosk.clock import Clock, FixedClock
+from kiosk.clock import Clock, ManualClock
 from kiosk.db import Database
 from kiosk.errors import LockerError
 from kiosk.instance import Instance
@@ -356,7 +356,7 @@ class Replayer:
         summary: ReplaySummary,
     ) -> tuple[str, int | None]:
         details = json.loads(event.details)
-        at = FixedClock(event.occurred_at)
+        at = ManualClock(event.occurred_at)  # when it happened (it never moves on)
         kind = event.kind
         if not kind.startswith("custody."):
             if kind == "compartment.out_of_service":

@@ -20,6 +20,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -154,14 +155,19 @@ class PostgresServer:
         raise AssertionError("unreachable")
 
 
+def missing_part(message: str) -> NoReturn:
+    """A system part a test needs is missing (``message`` says how to install it): the test
+    fails in CI (``CI=true``), and is skipped with that message elsewhere."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[PostgresServer]:
     bindir = _postgres_bin()
     if bindir is None:
-        message = f"PostgreSQL is not installed: {INSTALL_POSTGRES}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        missing_part(f"PostgreSQL is not installed: {INSTALL_POSTGRES}")
     try:
         import psycopg  # noqa: F401
     except ImportError:

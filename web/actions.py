@@ -54,18 +54,29 @@ def pupil(session: Session, admission_number: str) -> Pupil:
     return found
 
 
-def _open(
-    session: Session, compartment: Compartment, record: CustodyRecord, purpose: str
+def _submit(
+    session: Session, kiosk: Kiosk, kind: CommandKind, payload: dict[str, object]
 ) -> Command:
-    instance = core.instance()
+    """Queue a command for ``kiosk`` in the caller's transaction, as the signed-in user."""
     return commands.submit(
         session,
         core.actor(),
         core.clock(),
-        instance.audit,
-        kiosk=compartment.kiosk,
-        kind=CommandKind.OPEN_COMPARTMENT,
-        payload={"compartment": compartment.number, "custody_id": record.id, "purpose": purpose},
+        core.instance().audit,
+        kiosk=kiosk,
+        kind=kind,
+        payload=payload,
+    )
+
+
+def _open(
+    session: Session, compartment: Compartment, record: CustodyRecord, purpose: str
+) -> Command:
+    return _submit(
+        session,
+        compartment.kiosk,
+        CommandKind.OPEN_COMPARTMENT,
+        {"compartment": compartment.number, "custody_id": record.id, "purpose": purpose},
     )
 
 
@@ -246,46 +257,18 @@ def open_compartment(session: Session, kiosk_name: str, number: int) -> Command:
                 f"compartment {number} holds a device under safeguarding hold: contact the DSL"
             )
         payload.update(custody_id=record.id, purpose="check")
-    instance = core.instance()
-    return commands.submit(
-        session,
-        core.actor(),
-        core.clock(),
-        instance.audit,
-        kiosk=kiosk,
-        kind=CommandKind.OPEN_COMPARTMENT,
-        payload=payload,
-    )
+    return _submit(session, kiosk, CommandKind.OPEN_COMPARTMENT, payload)
 
 
 def open_all(session: Session, kiosk_name: str) -> Command:
-    instance = core.instance()
-    kiosk = cabinets.get_kiosk(session, kiosk_name)
-    return commands.submit(
-        session,
-        core.actor(),
-        core.clock(),
-        instance.audit,
-        kiosk=kiosk,
-        kind=CommandKind.OPEN_ALL,
-        payload={},
-    )
+    return _submit(session, cabinets.get_kiosk(session, kiosk_name), CommandKind.OPEN_ALL, {})
 
 
 def enrol_next_card(session: Session, admission_number: str, kiosk_name: str) -> Command:
     """Ask a kiosk to give the next unknown card tapped on it to this pupil."""
-    instance = core.instance()
     who = pupil(session, admission_number)
     kiosk = cabinets.get_kiosk(session, kiosk_name)
-    return commands.submit(
-        session,
-        core.actor(),
-        core.clock(),
-        instance.audit,
-        kiosk=kiosk,
-        kind=CommandKind.ENROL_NEXT_CARD,
-        payload={"pupil_id": who.id},
-    )
+    return _submit(session, kiosk, CommandKind.ENROL_NEXT_CARD, {"pupil_id": who.id})
 
 
 def only_kiosk(session: Session, name: str | None) -> Kiosk:

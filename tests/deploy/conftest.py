@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
+from ..conftest import missing_part
 
 REPO = Path(__file__).resolve().parents[2]
 INSTALL = REPO / "install"
@@ -28,20 +28,14 @@ def require_tool(name: str, package: str) -> str:
     )
     if found:
         return found
-    message = f"{name} is missing: apt-get install {package}"
-    if os.environ.get("CI") == "true":
-        pytest.fail(message)
-    pytest.skip(message)
+    missing_part(f"{name} is missing: apt-get install {package}")
 
 
 def require_root() -> None:
     """The install scripts create users and chown files: they need root."""
     if os.geteuid() == 0:
         return
-    message = "the install scripts need root (useradd, chown): run the tests as root"
-    if os.environ.get("CI") == "true":
-        pytest.fail(message)
-    pytest.skip(message)
+    missing_part("the install scripts need root (useradd, chown): run the tests as root")
 
 
 def clean_env(**extra: str) -> dict[str, str]:

@@ -14,8 +14,9 @@ from sqlalchemy.orm import Session
 from kiosk import cabinets, migrate
 from kiosk.actors import Actor
 from kiosk.clock import ManualClock
+from kiosk.custody import CustodyLedger
 from kiosk.instance import Instance
-from kiosk.models import Contact, Kiosk, Pupil, PupilStatus, Role, User
+from kiosk.models import Contact, CustodyRecord, Kiosk, Pupil, PupilStatus, Role, User
 from kiosk.users import hash_password
 
 # Monday 7 September 2026, 07:45 in London (BST, UTC+1): inside the default deposit window.
@@ -121,6 +122,24 @@ def staff_actor(
 
 def main_kiosk(session: Session) -> Kiosk:
     return cabinets.get_kiosk(session, "main")
+
+
+def deposit(
+    ledger: CustodyLedger, session: Session, clock: ManualClock, pupil, *, confirm: bool = True
+) -> CustodyRecord:
+    """The pupil's card at the main kiosk (PENDING_DEPOSIT) and, with ``confirm``, the door
+    shut on the device (IN_LOCKER), as the kiosk records them."""
+    record = ledger.start_deposit(
+        session,
+        Actor.for_pupil(pupil, "main"),
+        clock,
+        pupil=pupil,
+        kiosk=main_kiosk(session),
+        timeout_s=30,
+    )
+    if confirm:
+        ledger.confirm_deposit(session, Actor.for_kiosk("main"), clock, record)
+    return session.get(CustodyRecord, record.id)
 
 
 class RawPostgres:

@@ -32,7 +32,7 @@ from kiosk.db import Database
 from kiosk.instance import Instance
 from kiosk.models import AuditEvent, Card, Pupil
 
-from .conftest import SCHOOL_MORNING, main_kiosk
+from .conftest import SCHOOL_MORNING, deposit
 
 LOCKER = Path(sys.executable).with_name("locker")
 ROSTER_HEADER = ["Adno", "Legal Forename", "Legal Surname", "Reg Group", "Year", "Date of Birth"]
@@ -559,15 +559,7 @@ def _school_day(home: Path) -> str:
             pupil = session.execute(
                 select(Pupil).where(Pupil.admission_number == "D2")
             ).scalar_one()
-            record = instance.ledger.start_deposit(
-                session,
-                Actor.for_pupil(pupil, "main"),
-                clock,
-                pupil=pupil,
-                kiosk=main_kiosk(session),
-                timeout_s=30,
-            )
-            instance.ledger.confirm_deposit(session, Actor.for_kiosk("main"), clock, record)
+            deposit(instance.ledger, session, clock, pupil)
         return instance.policy.school_day(clock.now()).isoformat()
     finally:
         instance.close()
@@ -631,14 +623,7 @@ def test_retention_purge(locker: Run, home: Path) -> None:
             )
             session.add(pupil)
             session.flush()
-            record = instance.ledger.start_deposit(
-                session,
-                Actor.for_pupil(pupil, "main"),
-                clock,
-                pupil=pupil,
-                kiosk=main_kiosk(session),
-                timeout_s=30,
-            )
+            record = deposit(instance.ledger, session, clock, pupil, confirm=False)
             instance.ledger.cancel_deposit(
                 session, Actor.for_kiosk("main"), clock, record, reason="door never opened"
             )
@@ -765,14 +750,7 @@ def test_backup_while_the_ledger_writes(with_roster: Run, home: Path, tmp_path: 
                     pupil = session.execute(
                         select(Pupil).where(Pupil.admission_number == "3001")
                     ).scalar_one()
-                    record = instance.ledger.start_deposit(
-                        session,
-                        Actor.for_pupil(pupil, "main"),
-                        clock,
-                        pupil=pupil,
-                        kiosk=main_kiosk(session),
-                        timeout_s=30,
-                    )
+                    record = deposit(instance.ledger, session, clock, pupil, confirm=False)
                     instance.ledger.cancel_deposit(
                         session, Actor.for_kiosk("main"), clock, record, reason="test"
                     )

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from kiosk import exemptions
 from kiosk.actors import Actor
 from kiosk.clock import ManualClock
-from kiosk.custody import TRANSITIONS, CustodyLedger, Operation
+from kiosk.custody import TRANSITIONS, Operation
 from kiosk.errors import (
     ConflictError,
     PermissionDenied,
@@ -33,25 +33,9 @@ from kiosk.models import (
     Role,
 )
 
-from .conftest import add_pupil, main_kiosk, make_instance, staff_actor
+from .conftest import add_pupil, deposit, main_kiosk, make_instance, staff_actor
 
 KIOSK = Actor.for_kiosk("main")
-
-
-def deposit(
-    ledger: CustodyLedger, session: Session, clock: ManualClock, pupil, *, confirm: bool = True
-) -> CustodyRecord:
-    record = ledger.start_deposit(
-        session,
-        Actor.for_pupil(pupil, "main"),
-        clock,
-        pupil=pupil,
-        kiosk=main_kiosk(session),
-        timeout_s=30,
-    )
-    if confirm:
-        ledger.confirm_deposit(session, KIOSK, clock, record)
-    return session.get(CustodyRecord, record.id)
 
 
 def events(session: Session, custody_id: int) -> list[AuditEvent]:

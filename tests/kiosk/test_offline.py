@@ -22,7 +22,7 @@ from sqlalchemy.orm import joinedload
 
 from kiosk import cabinets
 from kiosk.actors import Actor
-from kiosk.clock import FixedClock
+from kiosk.clock import ManualClock
 from kiosk.controller import RECONNECT_S, Controller
 from kiosk.db import Database
 from kiosk.models import (
@@ -277,7 +277,7 @@ def test_the_offline_copy_follows_what_the_office_did_while_online(school: Schoo
         ledger.release_to_parent(  # at the end of the day, by the rules
             session,
             dsl,
-            FixedClock(AFTERNOON),
+            ManualClock(AFTERNOON),
             records["S1"],
             id_checked=True,
             collector_name="A Parent",

@@ -38,7 +38,7 @@ from kiosk.models import (
     Role,
 )
 
-from .conftest import main_kiosk, make_instance, raw_sql, staff_actor
+from .conftest import deposit, make_instance, raw_sql, staff_actor
 
 ACTOR = Actor.system("test")
 HEADER = ["admission_number", "forename", "surname", "form", "year"]
@@ -586,16 +586,7 @@ def _deposit(instance: Instance, clock: ManualClock, admission: str) -> int:
         pupil = session.execute(
             select(Pupil).where(Pupil.admission_number == admission)
         ).scalar_one()
-        record = instance.ledger.start_deposit(
-            session,
-            Actor.for_pupil(pupil, "main"),
-            clock,
-            pupil=pupil,
-            kiosk=main_kiosk(session),
-            timeout_s=30,
-        )
-        instance.ledger.confirm_deposit(session, Actor.for_kiosk("main"), clock, record)
-        return record.id
+        return deposit(instance.ledger, session, clock, pupil).id
 
 
 def test_full_import_marks_missing_pupils_left_and_keeps_their_history(

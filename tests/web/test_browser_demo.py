@@ -38,19 +38,6 @@ from kiosk.demo import demo_uid
 ACCOUNT = re.compile(r"^\s+([a-z0-9._-]+)\s+(staff|office|dsl|admin)\s+(\S{12,})\s*$")
 
 
-def _demo_available() -> bool:
-    try:
-        from kiosk.cli import cli
-    except ImportError:  # pragma: no cover
-        return False
-    return "demo" in cli.commands
-
-
-pytestmark = pytest.mark.skipif(
-    not _demo_available(), reason="`locker demo` (the kiosk controller) is not there yet"
-)
-
-
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
