@@ -33,6 +33,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from figures import percentile
 from sqlalchemy import text
 
 from kiosk import cabinets, migrate
@@ -494,12 +495,6 @@ def build(home: Path, seed: int = 7) -> dict[str, Any]:
     (home / READY).write_text(json.dumps(counts))
     counts["build_s"] = round(time.perf_counter() - started, 1)
     return counts
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    index = max(0, min(len(ordered) - 1, round(fraction * len(ordered) + 0.5) - 1))
-    return ordered[index]
 
 
 def time_requests(client: Any, path: str, count: int, warmup: int = 10) -> list[float]:

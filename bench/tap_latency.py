@@ -27,6 +27,8 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from figures import percentile
+
 PUPILS = 1500
 COMPARTMENTS = 400
 SECURE = 10
@@ -104,11 +106,6 @@ def setup(home: Path) -> None:
             details={"pupils": PUPILS, "compartments": COMPARTMENTS},
         )
     instance.close()
-
-
-def percentile(values: list[float], share: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(share * (len(ordered) - 1)))]
 
 
 def measure(home: Path, rounds: int) -> dict[str, float]:

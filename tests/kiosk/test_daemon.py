@@ -171,26 +171,31 @@ def test_systemd_ready_watchdog_and_stopping_with_every_lock_safe(home, notify_s
     assert kinds[-1] == "kiosk.stopped"
 
 
-def test_commands_are_picked_up_within_500_ms(home):
+def test_commands_are_picked_up_and_answered(home):
+    """Commands queued the way the web does are picked up, carried out and answered, in order.
+    (How soon: ``bench/command_pickup.py``.)"""
     process = start_kiosk(home)
     try:
         wait_ready(home, process, 0)
-        delays = []
+        rows = []
         for number in (1, 2, 3, 4, 5):
             command = submit(home, "sim.door", {"compartment": number, "open": False})
-            row = wait_command(home, command)
-            with db(home) as connection:
-                delay = connection.execute(
-                    "SELECT (julianday(picked_at) - julianday(created_at)) * 86400 "
-                    "FROM commands WHERE id = ?",
-                    (command,),
-                ).fetchone()[0]
-            assert row["status"] == "done"
-            delays.append(delay)
+            rows.append(wait_command(home, command))
             time.sleep(random.uniform(0, 0.2))
+        bad = submit(home, "sim.door", {"compartment": 99, "open": False})
+        refused = wait_command(home, bad)
     finally:
         stop(process)
-    assert max(delays) < 0.5, delays
+    assert [row["status"] for row in rows] == ["done"] * 5
+    for row in rows:
+        assert row["created_at"] <= row["picked_at"] <= row["finished_at"]
+        assert json.loads(row["result"]) == {
+            "compartment": json.loads(row["payload"])["compartment"],
+            "open": False,
+        }
+    assert [row["picked_at"] for row in rows] == sorted(row["picked_at"] for row in rows)
+    assert refused["status"] == "failed"
+    assert "no compartment 99" in refused["error"]
 
 
 def check_invariants(home: Path, seen: dict[int, str]) -> None:
@@ -283,8 +288,9 @@ def test_sigkill_at_random_moments_loses_nothing(home):
     print(f"{len(seen)} records over {kills} kills")
 
 
-def test_commands_reach_the_kiosk_within_200_ms_on_postgresql(tmp_path, postgres_server):
-    """On PostgreSQL the web's NOTIFY wakes the kiosk at once (polling stays the fallback)."""
+def test_commands_reach_the_kiosk_on_postgresql(tmp_path, postgres_server):
+    """On PostgreSQL the web's commands reach the kiosk and are carried out (the NOTIFY that
+    wakes it: test_listener.py; how soon: ``bench/command_pickup.py``)."""
     from sqlalchemy import func, select
 
     from kiosk import commands
@@ -312,8 +318,7 @@ def test_commands_reach_the_kiosk_within_200_ms_on_postgresql(tmp_path, postgres
                 break
             assert process.poll() is None, process.stderr.read()
             time.sleep(0.05)
-        time.sleep(1.0)  # the listener connects
-        delays = []
+        finished = []
         for number in range(1, 6):
             with instance.database.transaction() as session:
                 kiosk = session.execute(select(Kiosk)).scalar_one()
@@ -326,18 +331,23 @@ def test_commands_reach_the_kiosk_within_200_ms_on_postgresql(tmp_path, postgres
                     kind="sim.door",
                     payload={"compartment": number, "open": False},
                 ).id
+            deadline = time.monotonic() + 10
             while True:
                 with instance.database.reader() as session:
                     command = session.get(Command, command_id)
-                if command.status is CommandStatus.DONE:
+                if command.status is not CommandStatus.PENDING and command.finished_at:
                     break
+                assert time.monotonic() < deadline, f"command {command_id} not finished"
                 time.sleep(0.01)
-            delays.append((command.picked_at - command.created_at).total_seconds())
+            finished.append(command)
             time.sleep(random.uniform(0.05, 0.3))
     finally:
         stop(process)
         instance.close()
-    assert max(delays) < 0.2, delays
+    assert [command.result for command in finished] == [
+        {"compartment": number, "open": False} for number in range(1, 6)
+    ]
+    assert all(c.created_at <= c.picked_at <= c.finished_at for c in finished)
 
 
 def test_a_kiosk_starts_offline_from_its_copy_and_catches_up(tmp_path, postgres_server):

@@ -8,8 +8,6 @@ controller and the simulator panel are in test_browser_demo.py.
 from __future__ import annotations
 
 import re
-import statistics
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -162,7 +160,8 @@ def test_a_pupils_name_never_runs_as_script(new_page: Callable[..., Any], live: 
 def test_kiosk_screen_follows_the_published_state(
     new_page: Callable[..., Any], live: LiveServer
 ) -> None:
-    latencies = []
+    """Each state the kiosk publishes reaches the screen, readable at both touchscreen sizes.
+    (How fast, from a card on the reader to the screen: ``bench/kiosk_screen.py``.)"""
     for width, height in ((800, 480), (1024, 600)):
         publish(live.instance, live.clock, {"status": "ok", "screen": None})
         page = new_page(width, height)
@@ -179,24 +178,14 @@ def test_kiosk_screen_follows_the_published_state(
                 "at": live.clock.now().isoformat(),
             }
             publish(live.instance, live.clock, {"status": "ok", "screen": screen})
-            committed = time.time() * 1000
-            page.wait_for_function(
-                f"() => document.body.dataset.seq === '{screen['seq']}'", polling=20, timeout=2000
-            )
-            applied = float(page.evaluate("document.body.dataset.appliedAt"))
-            latencies.append(applied - committed)
-            time.sleep(0.037 * n)  # land at different points of the poll cycle
-        assert page.locator("#compartment-number").inner_text() == "5"
+            page.wait_for_function(f"() => document.body.dataset.seq === '{screen['seq']}'")
+            assert page.locator("#title").inner_text() == f"Locker {n} is open"
+            assert page.locator("#compartment-number").inner_text() == str(n)
         assert page.locator("#name").inner_text() == "Sam T."
         # Readable: the title fits the screen without scrolling.
         box = page.locator("#title").bounding_box()
         assert box is not None and box["width"] <= width and box["y"] + box["height"] <= height
         assert page.evaluate("document.documentElement.scrollHeight") <= height
-    print(
-        f"kiosk screen latency: median {statistics.median(latencies):.0f} ms, "
-        f"max {max(latencies):.0f} ms over {len(latencies)} changes"
-    )
-    assert max(latencies) < 300
 
 
 def test_kiosk_screen_says_when_the_kiosk_works_offline(

@@ -27,7 +27,7 @@
     document.getElementById("fault").hidden = state.status !== "fault";
     document.getElementById("network").hidden = state.network !== "offline";
     body.dataset.seq = String(s.seq);
-    // When this change reached the screen (ms since the epoch): the latency test reads it.
+    // When this change reached the screen (ms since the epoch): bench/kiosk_screen.py reads it.
     body.dataset.appliedAt = String(performance.timeOrigin + performance.now());
   }
 
