@@ -14,6 +14,7 @@ from hardware import _platform
 from hardware.clock import Clock, SystemClock
 from hardware.errors import HardwareConfigError, HardwareError
 from hardware.expander import MCP23017, ExpanderPoller, InterruptWatcher
+from hardware.faults import FaultReporter, expander_source
 from hardware.gpio import (
     EnergiseGuard,
     GpioIndicators,
@@ -48,13 +49,21 @@ class SelfTestReport:
 class Cabinet:
     """A cabinet: reader, locks, doors and indicators, opened by :func:`open_cabinet`.
 
-    Hooks (assign callables; they run in hardware threads and must be cheap):
+    Hooks (assign callables). They are handed to the clock's :meth:`~Clock.dispatch`: with a
+    :class:`SystemClock` they run one after another on its event thread, in the order the
+    events happened, never on the timer thread that switches solenoids off (a slow hook
+    delays the hooks after it, not a lock); with a :class:`ManualClock`, at once:
 
     - ``on_door(DoorEvent)``: every debounced door edge, with ``forced`` set when the door
       opened while its lock was latched;
     - ``on_pulse_end(PulseEnd)``: a lock pulse ended, with whether the door opened meanwhile;
-    - ``on_fault(HardwareError)``: an asynchronous failure (expander I/O, a lock that cannot
-      be switched off). Reader errors go to the ``on_error`` given to ``reader.start``.
+    - ``on_fault(HardwareError)``: a part started failing (an expander that does not answer
+      on I2C, a lock that cannot be switched off, an interrupt line stuck low); reported once
+      per outage of each part, while the driver retries;
+    - ``on_fault_cleared(source)``: that part works again (``source`` is a key of
+      :attr:`faults`, e.g. ``"expander mcp1"``, ``"compartment 3 lock"``).
+
+    Reader errors go to the ``on_error``/``on_recover`` given to ``reader.start``.
     """
 
     def __init__(self, spec: CabinetSpec, backend: str, clock: Clock, *, own_clock: bool) -> None:
@@ -71,6 +80,9 @@ class Cabinet:
         self.on_door: Callable[[DoorEvent], None] | None = None
         self.on_pulse_end: Callable[[PulseEnd], None] | None = None
         self.on_fault: Callable[[HardwareError], None] | None = None
+        self.on_fault_cleared: Callable[[str], None] | None = None
+        self._faults = FaultReporter(self._fault, self._fault_cleared)
+        self._watchers: list[InterruptWatcher] = []
         self._closables: list[Any] = []
         self._poller: ExpanderPoller | None = None
         self._closed = False
@@ -111,9 +123,11 @@ class Cabinet:
         for pin, chips in nets.items():
             names = ", ".join(chip.name for chip in chips)
             line = lines.input(pin, pull="up", label=f"interrupt of {names}")
-            self._closables.append(InterruptWatcher(line, chips, on_fault=self._fault))
+            watcher = InterruptWatcher(line, chips, faults=self._faults, clock=self.clock)
+            self._watchers.append(watcher)
+            self._closables.append(watcher)
         if polled:
-            self._poller = ExpanderPoller(polled, spec.expander_poll_s, on_fault=self._fault)
+            self._poller = ExpanderPoller(polled, spec.expander_poll_s, faults=self._faults)
             self._closables.append(self._poller)
 
         reset = lines.output(
@@ -141,8 +155,9 @@ class Cabinet:
                 clock=self.clock,
                 unlock_s=spec.unlock_s,
                 max_unlock_s=spec.max_unlock_s,
+                rest_s=spec.lock_rest_s,
                 on_pulse_end=self._pulse_ended,
-                on_fault=self._fault,
+                faults=self._faults,
             )
         for number in sorted(spec.compartments):
             comp = spec.compartments[number]
@@ -153,6 +168,7 @@ class Cabinet:
                 open_high=spec.door_open_high,
                 debounce_s=spec.debounce_s,
                 clock=self.clock,
+                faults=self._faults,
             )
             door.on_change = self._door_changed
             self.doors[number] = door
@@ -173,10 +189,14 @@ class Cabinet:
         self.indicators = GpioIndicators(led, buzzer, clock=self.clock, alarm_s=ind.alarm_s)
         if self._poller is not None:
             self._poller.start()
+        for watcher in self._watchers:
+            watcher.start()  # an interrupt raised before it was watched
 
     # ------------------------------------------------------------------ events
 
     def _door_changed(self, number: int, is_open: bool) -> None:
+        # In the thread that saw the edge: whether the door was forced depends on the lock's
+        # state now. The hook itself is dispatched.
         lock = self.locks[number]
         now = self.clock.monotonic()
         forced = False
@@ -187,28 +207,30 @@ class Cabinet:
             forced = not lock.is_energised and not recently
             if forced:
                 logger.warning("compartment %d: door opened while locked (forced?)", number)
-        callback = self.on_door
-        if callback is not None:
-            try:
-                callback(DoorEvent(number, is_open, forced, now))
-            except Exception:
-                logger.exception("on_door callback failed")
+        self._emit("on_door", DoorEvent(number, is_open, forced, now))
 
     def _pulse_ended(self, event: PulseEnd) -> None:
-        callback = self.on_pulse_end
-        if callback is not None:
-            try:
-                callback(event)
-            except Exception:
-                logger.exception("on_pulse_end callback failed")
+        # Already dispatched by the lock: call the hook here, so that it keeps its place in
+        # the order of events.
+        self._call("on_pulse_end", event)
 
     def _fault(self, exc: HardwareError) -> None:
-        callback = self.on_fault
-        if callback is not None:
-            try:
-                callback(exc)
-            except Exception:
-                logger.exception("on_fault callback failed")
+        self._emit("on_fault", exc)
+
+    def _fault_cleared(self, source: str) -> None:
+        self._emit("on_fault_cleared", source)
+
+    def _emit(self, hook: str, arg: object) -> None:
+        self.clock.dispatch(lambda: self._call(hook, arg))
+
+    def _call(self, hook: str, arg: object) -> None:
+        callback = getattr(self, hook)
+        if callback is None:
+            return
+        try:
+            callback(arg)
+        except Exception:
+            logger.exception("%s callback failed", hook)
 
     # ------------------------------------------------------------------ API
 
@@ -218,16 +240,27 @@ class Cabinet:
         return sorted(self.locks)
 
     def energised(self) -> tuple[int, ...]:
-        """Numbers of the compartments whose lock is energised now."""
+        """Numbers of the compartments whose lock is energised now (or not yet switched off
+        after an output failure)."""
         return self._guard.energised
+
+    @property
+    def faults(self) -> dict[str, str]:
+        """The parts failing now (source -> the first error of the outage), e.g.
+        ``{"expander mcp1": "expander mcp1 (I2C bus 1, address 0x21): ..."}``; empty when
+        everything works."""
+        return {source: str(exc) for source, exc in self._faults.faults.items()}
 
     def poll_inputs(self) -> None:
         """Read every expander now (normally done on interrupt or by the poller thread)."""
         for chip in self.expanders.values():
+            source = expander_source(chip.name)
             try:
                 chip.poll()
             except HardwareError as exc:
-                self._fault(exc)
+                self._faults.fault(source, exc)
+            else:
+                self._faults.ok(source)
 
     def lock_all(self) -> None:
         """De-energise every lock now."""
@@ -251,19 +284,16 @@ class Cabinet:
         if pulse_s is None:
             return report
         for number, lock in sorted(self.locks.items()):
-            opened: list[bool] = []
-            previous = lock.on_pulse_end
-            lock.on_pulse_end = lambda event, sink=opened: sink.append(event.door_opened)
             try:
                 lock.pulse(pulse_s)
                 self.clock.sleep(pulse_s + self.spec.debounce_s + 0.01)
                 lock.lock()
-                report.locks[number] = "door opened" if opened and opened[0] else "no door edge"
+                ended = lock.last_pulse
+                opened = ended is not None and ended.door_opened
+                report.locks[number] = "door opened" if opened else "no door edge"
             except HardwareError as exc:
                 report.locks[number] = f"error: {exc}"
                 report.errors.append(f"compartment {number}: {exc}")
-            finally:
-                lock.on_pulse_end = previous
         return report
 
     def close(self) -> None:

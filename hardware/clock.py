@@ -3,7 +3,11 @@
 Lock pulses, door debounce, buzzer patterns and the reader's waits all go through a
 :class:`Clock`, so tests and benchmarks can run them with a :class:`ManualClock` (no real
 sleeping, fully deterministic) while a real cabinet uses :class:`SystemClock` (one timer
-thread for the whole cabinet).
+thread for the whole cabinet, and one event thread for the callbacks of the cabinet's users).
+
+The timer thread switches solenoids off, so nothing slow may run on it: callbacks that belong
+to the user of the hardware layer (door edges, pulse ends, faults) go through
+:meth:`Clock.dispatch`, which runs them on the event thread, in order.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import itertools
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Protocol
 
@@ -38,8 +43,17 @@ class Clock(Protocol):
     def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
         """Run ``callback`` once, ``delay`` seconds from now, in the clock's timer context."""
 
+    def dispatch(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` soon, in the order dispatched, without holding up the timers.
+
+        For callbacks that may be slow (the user's hooks): a timer callback that dispatches
+        one does not wait for it (:class:`SystemClock` runs it on its event thread;
+        :class:`ManualClock`, where nothing runs concurrently, at once). An exception in
+        ``callback`` is logged.
+        """
+
     def close(self) -> None:
-        """Stop the timer machinery; pending callbacks are dropped."""
+        """Stop the timer machinery; pending timers are dropped, dispatched callbacks run."""
 
 
 class _Entry:
@@ -58,11 +72,25 @@ class _Entry:
         self.cancelled = True
 
 
-class SystemClock:
-    """Real time; callbacks run one after another in a single daemon thread.
+def _run_logged(callback: Callable[[], None]) -> None:
+    try:
+        callback()
+    except Exception:
+        logger.exception("dispatched callback %r failed", callback)
 
-    Callbacks must be short. An exception in one is logged and does not stop the others.
+
+class SystemClock:
+    """Real time; timer callbacks run one after another in a single daemon thread.
+
+    Timer callbacks must be short (they delay each other, and lock expiry is one of them).
+    Dispatched callbacks run one after another in a second daemon thread (``<name>-events``),
+    so a slow one delays only the dispatched callbacks after it. An exception in a callback
+    is logged and does not stop the others. After :meth:`close`, :meth:`dispatch` runs the
+    callback at once in the calling thread.
     """
+
+    #: Seconds :meth:`close` waits for the dispatched callbacks still queued.
+    CLOSE_WAIT_S = 2.0
 
     def __init__(self, name: str = "hardware-timer") -> None:
         self._name = name
@@ -71,6 +99,10 @@ class SystemClock:
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._events: deque[Callable[[], None]] = deque()
+        self._events_cond = threading.Condition()
+        self._events_thread: threading.Thread | None = None
+        self._events_closed = False
 
     def monotonic(self) -> float:
         return time.monotonic()
@@ -113,21 +145,54 @@ class SystemClock:
             except Exception:
                 logger.exception("timer callback %r failed", entry.callback)
 
+    def dispatch(self, callback: Callable[[], None]) -> None:
+        with self._events_cond:
+            if not self._events_closed:
+                self._events.append(callback)
+                if self._events_thread is None:
+                    self._events_thread = threading.Thread(
+                        target=self._run_events, name=f"{self._name}-events", daemon=True
+                    )
+                    self._events_thread.start()
+                self._events_cond.notify()
+                return
+        _run_logged(callback)  # closed: nobody else would run it
+
+    def _run_events(self) -> None:
+        while True:
+            with self._events_cond:
+                while not self._events and not self._events_closed:
+                    self._events_cond.wait()
+                if not self._events:
+                    return  # closed, and everything queued has run
+                callback = self._events.popleft()
+            _run_logged(callback)
+
     def close(self) -> None:
         with self._cond:
             self._closed = True
             self._heap.clear()
             self._cond.notify_all()
             thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
+        with self._events_cond:
+            self._events_closed = True
+            self._events_cond.notify_all()
+            events_thread = self._events_thread
+        current = threading.current_thread()
+        if thread is not None and thread is not current:
             thread.join(timeout=2.0)
+        if events_thread is not None and events_thread is not current:
+            events_thread.join(timeout=self.CLOSE_WAIT_S)
+            if events_thread.is_alive():
+                logger.warning("dispatched callbacks still running at close; not waiting")
 
 
 class ManualClock:
     """A clock that moves only when told to; timers run synchronously inside :meth:`advance`.
 
     ``sleep(s)`` advances the clock by ``s`` (so code that waits, like the reader, runs
-    instantly and deterministically). Thread-safe, but meant for single-threaded tests.
+    instantly and deterministically); :meth:`dispatch` runs the callback at once, in the
+    caller. Thread-safe, but meant for single-threaded tests.
     """
 
     def __init__(self, start: float = 1000.0) -> None:
@@ -151,6 +216,9 @@ class ManualClock:
             else:
                 heapq.heappush(self._heap, entry)
         return entry
+
+    def dispatch(self, callback: Callable[[], None]) -> None:
+        _run_logged(callback)
 
     def advance(self, seconds: float) -> None:
         """Move time forward by ``seconds``, running each due callback at its due time."""

@@ -52,7 +52,14 @@ class ReaderUnavailable(ReaderError):
 
 
 class ExpanderError(HardwareError):
-    """An MCP23017 I/O expander did not answer on the I2C bus, or an I2C transfer failed."""
+    """An MCP23017 I/O expander did not answer on the I2C bus, or an I2C transfer failed.
+
+    ``expander`` is the name of the expander (``"mcp1"``) when the error is about one.
+    """
+
+    def __init__(self, message: str, *, expander: str | None = None) -> None:
+        super().__init__(message)
+        self.expander = expander
 
 
 class LockError(HardwareError):

@@ -19,7 +19,9 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
+from hardware.clock import Clock, TimerHandle
 from hardware.errors import ExpanderError, HardwareError
+from hardware.faults import FaultReporter, expander_source
 from hardware.interfaces import InputLine
 
 logger = logging.getLogger(__name__)
@@ -83,7 +85,8 @@ class MCP23017:
         return ExpanderError(
             f"expander {self.name} (I2C bus {self.bus_number}, address {self.address:#04x}): "
             f"{action} failed ({exc}); check its power, SDA/SCL wiring and address pins "
-            f"(i2cdetect -y {self.bus_number})"
+            f"(i2cdetect -y {self.bus_number})",
+            expander=self.name,
         )
 
     def _write_pair(self, register: int, value: int) -> None:
@@ -121,7 +124,8 @@ class MCP23017:
                 raise ExpanderError(
                     f"expander {self.name} (I2C bus {self.bus_number}, address "
                     f"{self.address:#04x}) does not behave like an MCP23017 (IOCON reads "
-                    f"{iocon:#04x}); check the address"
+                    f"{iocon:#04x}); check the address",
+                    expander=self.name,
                 )
             self._write_pair(OLAT, self._olat)
             self._write_pair(IODIR, self._iodir)
@@ -152,7 +156,8 @@ class MCP23017:
         if pull == "down":
             raise ExpanderError(
                 f'{label}: the MCP23017 has no pull-down resistors; use door_pull = "up" '
-                'or "none" with an external resistor'
+                'or "none" with an external resistor',
+                expander=self.name,
             )
         with self._mutex:
             bit = 1 << pin
@@ -172,9 +177,11 @@ class MCP23017:
 
     def _check_pin(self, pin: int) -> None:
         if not 0 <= pin < 16:
-            raise ExpanderError(f"expander {self.name} has pins 0-15, not {pin}")
+            raise ExpanderError(
+                f"expander {self.name} has pins 0-15, not {pin}", expander=self.name
+            )
         if self._closed:
-            raise ExpanderError(f"expander {self.name} is closed")
+            raise ExpanderError(f"expander {self.name} is closed", expander=self.name)
 
     # ------------------------------------------------------------------ pins
 
@@ -309,11 +316,26 @@ class ExpanderInputLine:
 class InterruptWatcher:
     """Services expanders whose INTA lines are wired (together) to one Pi input.
 
-    On a falling edge it polls each expander (reading GPIO clears its interrupt) and repeats
-    while the line is still low, so a change that arrives during the service is not lost.
+    On a falling edge it polls each expander (reading GPIO clears its interrupt) and repeats,
+    up to :attr:`MAX_ROUNDS` times, while the line is still low, so a change that arrives
+    during the service is not lost.
+
+    The line is open-drain and shared: an expander whose read fails keeps its interrupt, holds
+    the line low, and no further falling edge can come. So while the line stays low after a
+    service, every expander on it is polled again every ``retry_s`` seconds on ``clock`` (a
+    catch-up poll) until the line is released: the doors of the other expanders keep working
+    meanwhile (with up to ``retry_s`` more latency), and the failed expander's changes are
+    delivered as soon as it answers again. Each failing expander is reported once per outage
+    to ``faults`` (source ``"expander <name>"``), and its recovery once. A line that stays low
+    for :attr:`STUCK_S` seconds although every expander answers (a short, a chip not in the
+    configuration) is reported as source ``"interrupt line <name>"``.
+
+    Without a ``clock`` nothing is retried (the line must go high and low again).
     """
 
     MAX_ROUNDS = 8
+    RETRY_S = 0.05
+    STUCK_S = 1.0
 
     def __init__(
         self,
@@ -321,36 +343,128 @@ class InterruptWatcher:
         expanders: Iterable[MCP23017],
         *,
         on_fault: Callable[[HardwareError], None] | None = None,
+        faults: FaultReporter | None = None,
+        clock: Clock | None = None,
+        retry_s: float | None = None,
     ) -> None:
         self.line = line
         self.expanders = list(expanders)
-        self.on_fault = on_fault
-        self._busy = threading.Lock()
+        self.faults = faults if faults is not None else FaultReporter(on_fault)
+        self.clock = clock
+        self.retry_s = self.RETRY_S if retry_s is None else retry_s
+        self.source = f"interrupt line {line.name}"
+        self._state = threading.Lock()
+        self._running = False
+        self._wanted = False
+        self._closed = False
+        self._retry: TimerHandle | None = None
+        self._stuck_since: float | None = None
         line.when_changed = self._edge
 
     def _edge(self, level: bool) -> None:
-        if level:
-            return  # released: nothing to do
-        if not self._busy.acquire(blocking=False):
-            return  # already servicing (a nested edge from the reads themselves)
+        if not level:
+            self.service()
+
+    def start(self) -> None:
+        """Service the expanders now if the line is already low (an edge before we watched)."""
+        if not self.line.level:
+            self.service()
+
+    def service(self) -> None:
+        """Poll every expander, repeating while the line is low; retry later if it stays low.
+
+        Safe to call from any thread: a call while another thread services makes that thread
+        go round once more instead.
+        """
+        with self._state:
+            if self._closed:
+                return
+            self._wanted = True
+            if self._running:
+                return
+            self._running = True
+        still_low = True
         try:
-            for _ in range(self.MAX_ROUNDS):
-                for chip in self.expanders:
-                    try:
-                        chip.poll()
-                    except HardwareError as exc:
-                        _report(self.on_fault, exc)
-                if self.line.level:
-                    break
+            while True:
+                with self._state:
+                    if not self._wanted or self._closed:
+                        break
+                    self._wanted = False
+                still_low = self._rounds()
         finally:
-            self._busy.release()
+            with self._state:
+                self._running = False
+                if still_low and not self._closed:
+                    self._schedule_retry()
+
+    def _rounds(self) -> bool:
+        """Up to MAX_ROUNDS polls of every expander; True if the line is still low after."""
+        failed = False
+        for _ in range(self.MAX_ROUNDS):
+            failed = False
+            for chip in self.expanders:
+                source = expander_source(chip.name)
+                try:
+                    chip.poll()
+                except HardwareError as exc:
+                    failed = True
+                    self.faults.fault(source, exc)
+                else:
+                    self.faults.ok(source)
+            if self.line.level:
+                self._stuck_since = None
+                self.faults.ok(self.source)
+                return False
+            if failed:
+                break  # polling again at once would fail again: wait retry_s
+        self._check_stuck(failed)
+        return True
+
+    def _check_stuck(self, failed: bool) -> None:
+        if failed or self.clock is None:
+            self._stuck_since = None  # a failing expander explains the low line
+            return
+        now = self.clock.monotonic()
+        if self._stuck_since is None:
+            self._stuck_since = now
+        elif now - self._stuck_since >= self.STUCK_S:
+            names = ", ".join(chip.name for chip in self.expanders)
+            self.faults.fault(
+                self.source,
+                ExpanderError(
+                    f"the interrupt line {self.line.name} stays low although expanders {names} "
+                    "were all read; check for a short to ground or another chip on the line "
+                    "(it is polled every "
+                    f"{self.retry_s:g} s meanwhile)"
+                ),
+            )
+
+    def _schedule_retry(self) -> None:
+        # Called with self._state held.
+        if self.clock is None or self._retry is not None:
+            return
+        self._retry = self.clock.call_later(self.retry_s, self._retry_due)
+
+    def _retry_due(self) -> None:
+        with self._state:
+            self._retry = None
+        self.service()
 
     def close(self) -> None:
+        with self._state:
+            self._closed = True
+            if self._retry is not None:
+                self._retry.cancel()
+                self._retry = None
         self.line.close()
 
 
 class ExpanderPoller:
-    """Polls expanders without an interrupt line every ``interval`` seconds, in one thread."""
+    """Polls expanders without an interrupt line every ``interval`` seconds, in one thread.
+
+    A failing expander is reported once per outage to ``faults`` (source
+    ``"expander <name>"``), and its recovery once; it is polled on as usual meanwhile.
+    """
 
     def __init__(
         self,
@@ -358,25 +472,24 @@ class ExpanderPoller:
         interval: float,
         *,
         on_fault: Callable[[HardwareError], None] | None = None,
+        faults: FaultReporter | None = None,
     ) -> None:
         self.expanders = list(expanders)
         self.interval = interval
-        self.on_fault = on_fault
+        self.faults = faults if faults is not None else FaultReporter(on_fault)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._failing: set[str] = set()
 
     def poll_all(self) -> None:
         """Poll every expander once, synchronously (what the thread does each interval)."""
         for chip in self.expanders:
+            source = expander_source(chip.name)
             try:
                 chip.poll()
             except HardwareError as exc:
-                if chip.name not in self._failing:
-                    self._failing.add(chip.name)
-                    _report(self.on_fault, exc)
+                self.faults.fault(source, exc)
             else:
-                self._failing.discard(chip.name)
+                self.faults.ok(source)
 
     def start(self) -> None:
         if self._thread is not None or not self.expanders:
@@ -393,16 +506,6 @@ class ExpanderPoller:
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=2.0)
         self._thread = None
-
-
-def _report(callback: Callable[[HardwareError], None] | None, exc: HardwareError) -> None:
-    logger.warning("%s", exc)
-    if callback is None:
-        return
-    try:
-        callback(exc)
-    except Exception:
-        logger.exception("on_fault callback failed")
 
 
 __all__ = [

@@ -42,6 +42,7 @@ from hardware.errors import (
     LockBusy,
     LockError,
 )
+from hardware.faults import FaultReporter, source_of
 from hardware.interfaces import DoorSwitch, Indicators, InputLine, Lock, OutputLine, PulseEnd
 from hardware.spec import PinRef
 
@@ -186,6 +187,9 @@ class LineFactory:
 
 # --------------------------------------------------------------------------- locks
 
+#: Clock times are floats: a rest short by less than this still counts as done (seconds).
+_EPSILON_S = 1e-6
+
 
 class EnergiseGuard:
     """Counts energised solenoids and refuses more than ``limit`` at once (thread-safe)."""
@@ -213,6 +217,12 @@ class EnergiseGuard:
                 )
             self._energised[number] = until
 
+    def hold(self, number: int, until: float) -> None:
+        """Move the expected end of ``number``'s slot (a switch-off being retried)."""
+        with self._lock:
+            if number in self._energised:
+                self._energised[number] = until
+
     def release(self, number: int) -> None:
         with self._lock:
             self._energised.pop(number, None)
@@ -228,8 +238,18 @@ class SolenoidLock(Lock):
 
     The pulse ends by itself after at most ``max_unlock_s`` seconds from the moment the
     solenoid was energised, whatever the caller does; a new pulse while energised extends the
-    pulse but never past that limit. If switching off fails (I2C error on an expander), it is
-    retried every 50 ms and reported through ``on_fault``.
+    pulse but never past that limit. The timer runs on the clock's timer thread, where no
+    user callback runs: ``on_pulse_end`` is handed to :meth:`Clock.dispatch`.
+
+    If switching off fails (I2C error on an expander), the solenoid still counts as energised
+    until a switch-off succeeds: :attr:`is_energised` stays True, its slot of the
+    :class:`EnergiseGuard` stays taken (so no other lock goes over the limit meanwhile), and
+    :meth:`pulse` raises :class:`LockError`. The switch-off is retried every
+    :attr:`RETRY_OFF_S` seconds; the failure is reported once to ``faults`` (source
+    ``"compartment N lock"``), and so is the recovery.
+
+    Duty cycle: after a pulse the solenoid rests at least ``rest_s`` seconds before it may be
+    energised again; :meth:`pulse` raises :class:`LockBusy` (with ``retry_after``) sooner.
     """
 
     RETRY_OFF_S = 0.05
@@ -243,8 +263,10 @@ class SolenoidLock(Lock):
         clock: Clock,
         unlock_s: float,
         max_unlock_s: float,
+        rest_s: float = 0.0,
         on_pulse_end: Callable[[PulseEnd], None] | None = None,
         on_fault: Callable[[HardwareError], None] | None = None,
+        faults: FaultReporter | None = None,
     ) -> None:
         self.number = number
         self._line = line
@@ -252,24 +274,35 @@ class SolenoidLock(Lock):
         self._clock = clock
         self.unlock_s = unlock_s
         self.max_unlock_s = max_unlock_s
+        self.rest_s = rest_s
         self.on_pulse_end = on_pulse_end
-        self.on_fault = on_fault
+        self.faults = faults if faults is not None else FaultReporter(on_fault)
+        self.source = f"compartment {number} lock"
         self._mutex = threading.RLock()
         self._timer: TimerHandle | None = None
+        self._retry: TimerHandle | None = None
         self._energised_at: float | None = None
         self._released_at: float | None = None
+        self._last_pulse: PulseEnd | None = None
         self._door_opened = False
-        self._off_failing = False
+        self._off_pending = False
+        self._off_energised = False  # the solenoid whose switch-off is pending had been on
         self._closed = False
 
     @property
     def is_energised(self) -> bool:
-        return self._energised_at is not None
+        """True during a pulse, and after it until the switch-off has succeeded."""
+        return self._energised_at is not None or self._off_pending
 
     @property
     def last_released(self) -> float | None:
         """Clock time at which the solenoid was last de-energised (None: never energised)."""
         return self._released_at
+
+    @property
+    def last_pulse(self) -> PulseEnd | None:
+        """The end of the last pulse (None: no pulse ended yet)."""
+        return self._last_pulse
 
     def note_door_open(self) -> None:
         """Called by the cabinet when the door is seen open (recorded in :class:`PulseEnd`)."""
@@ -284,7 +317,24 @@ class SolenoidLock(Lock):
         with self._mutex:
             if self._closed:
                 raise DeviceClosed(f"compartment {self.number}: the lock is closed")
+            if self._off_pending:
+                raise LockError(
+                    f"compartment {self.number}: the lock could not be switched off after its "
+                    f"last pulse (output failure); retrying every {self.RETRY_OFF_S:g} s, no "
+                    "new pulse until it is off",
+                    number=self.number,
+                )
             now = self._clock.monotonic()
+            if self._energised_at is None and self._released_at is not None and self.rest_s > 0:
+                wait = self._released_at + self.rest_s - now
+                if wait > _EPSILON_S:
+                    raise LockBusy(
+                        f"compartment {self.number}: the solenoid rests {self.rest_s:g} s "
+                        f"between pulses (lock_rest_s); retry in {wait:.2f} s",
+                        number=self.number,
+                        energised=self._guard.energised,
+                        retry_after=wait,
+                    )
             start = self._energised_at if self._energised_at is not None else now
             end = min(now + duration, start + self.max_unlock_s)
             granted = max(0.0, end - now)
@@ -300,8 +350,9 @@ class SolenoidLock(Lock):
                     self._line.on()
                 except HardwareError as exc:
                     self._energised_at = None
-                    self._guard.release(self.number)
-                    self._safe_off()
+                    # The write may or may not have reached the driver: switch off, and keep
+                    # the guard's slot until that succeeds.
+                    self._switch_off(energised=False)
                     raise LockError(
                         f"compartment {self.number}: cannot energise the lock ({exc})",
                         number=self.number,
@@ -334,46 +385,60 @@ class SolenoidLock(Lock):
                 return
             start = self._energised_at
             self._energised_at = None
-            now = self._clock.monotonic()
-            self._released_at = now
-            self._guard.release(self.number)
-            event = PulseEnd(self.number, now - start, self._door_opened, reason)
-            self._safe_off()
-        if self.on_pulse_end is not None:
-            try:
-                self.on_pulse_end(event)
-            except Exception:
-                logger.exception("on_pulse_end callback failed")
+            event = PulseEnd(
+                self.number, self._clock.monotonic() - start, self._door_opened, reason
+            )
+            self._last_pulse = event
+            self._switch_off(energised=True)
+        callback = self.on_pulse_end
+        if callback is not None:
+            self._clock.dispatch(lambda: callback(event))
 
-    def _safe_off(self) -> None:
+    def _switch_off(self, *, energised: bool) -> None:
+        """Drive the output off; on failure keep the slot and retry. Call with the mutex held.
+
+        ``energised``: the solenoid was on (its rest starts when it goes off); False after an
+        on-write that failed.
+        """
+        energised = energised or self._off_energised
         try:
             self._line.off()
         except HardwareError as exc:
-            if not self._off_failing:
-                self._off_failing = True
+            first = not self._off_pending
+            self._off_pending = True
+            self._off_energised = energised
+            if first:
                 logger.critical(
                     "compartment %d: cannot de-energise the lock (%s); retrying every %.2f s",
                     self.number,
                     exc,
                     self.RETRY_OFF_S,
                 )
-                if self.on_fault is not None:
-                    try:
-                        self.on_fault(
-                            LockError(
-                                f"compartment {self.number}: cannot de-energise the lock "
-                                f"({exc}); check the expander and its I2C wiring",
-                                number=self.number,
-                            )
-                        )
-                    except Exception:
-                        logger.exception("on_fault callback failed")
-            if not self._closed:
-                self._clock.call_later(self.RETRY_OFF_S, self._safe_off)
-        else:
-            if self._off_failing:
-                self._off_failing = False
-                logger.warning("compartment %d: the lock is de-energised again", self.number)
+                self.faults.fault(
+                    self.source,
+                    LockError(
+                        f"compartment {self.number}: cannot de-energise the lock ({exc}); "
+                        "check the expander and its I2C wiring",
+                        number=self.number,
+                    ),
+                )
+            if not self._closed and self._retry is None:
+                self._retry = self._clock.call_later(self.RETRY_OFF_S, self._retry_off)
+                self._guard.hold(self.number, self._clock.monotonic() + self.RETRY_OFF_S)
+            return
+        was_pending, self._off_pending, self._off_energised = self._off_pending, False, False
+        if energised:
+            self._released_at = self._clock.monotonic()
+        self._guard.release(self.number)
+        if was_pending:
+            logger.warning("compartment %d: the lock is de-energised again", self.number)
+            self.faults.ok(self.source)
+
+    def _retry_off(self) -> None:
+        with self._mutex:
+            self._retry = None
+            if self._off_pending and not self._closed:
+                self._switch_off(energised=False)
 
     def close(self) -> None:
         with self._mutex:
@@ -381,10 +446,20 @@ class SolenoidLock(Lock):
                 return
             self._release("close")
             self._closed = True
+            if self._retry is not None:
+                self._retry.cancel()
+                self._retry = None
             try:
                 self._line.close()
             except Exception:
                 logger.exception("compartment %d: closing the lock output failed", self.number)
+            if self._off_pending:
+                logger.critical(
+                    "compartment %d: closed while the lock could not be de-energised",
+                    self.number,
+                )
+                self._off_pending = False
+            self._guard.release(self.number)
 
 
 # --------------------------------------------------------------------------- doors
@@ -393,9 +468,17 @@ class SolenoidLock(Lock):
 class ReedDoorSwitch(DoorSwitch):
     """A door switch debounced on the cabinet clock: a level must hold ``debounce_s``.
 
-    ``when_opened`` / ``when_closed`` (no arguments) and ``on_change(number, is_open)`` are
-    called from whatever thread noticed the edge (gpiozero's, the expander's, or the timer).
+    ``on_change(number, is_open)`` is called from whatever thread noticed the edge
+    (gpiozero's, the expander's, or the timer) and must be quick (the cabinet's own hook);
+    ``when_opened`` / ``when_closed`` (no arguments) are handed to :meth:`Clock.dispatch`.
+
+    If reading the line fails when the level is due (I2C error on an expander), the read is
+    retried every :attr:`RETRY_S` seconds until it succeeds, and the edge is delivered then;
+    the failure is reported once to ``faults`` (source ``"expander <name>"``, or
+    ``"compartment N door"``), and so is the recovery.
     """
+
+    RETRY_S = 0.05
 
     def __init__(
         self,
@@ -405,17 +488,20 @@ class ReedDoorSwitch(DoorSwitch):
         open_high: bool,
         debounce_s: float,
         clock: Clock,
+        faults: FaultReporter | None = None,
     ) -> None:
         self.number = number
         self._line = line
         self._open_high = open_high
         self.debounce_s = debounce_s
         self._clock = clock
+        self.faults = faults if faults is not None else FaultReporter()
         self.when_opened: Callable[[], None] | None = None
         self.when_closed: Callable[[], None] | None = None
         self.on_change: Callable[[int, bool], None] | None = None
         self._mutex = threading.RLock()
         self._pending: TimerHandle | None = None
+        self._failing: str | None = None  # the fault source while reads fail
         self._is_open = line.level == open_high
         self._closed = False
         line.when_changed = self._raw_edge
@@ -436,20 +522,37 @@ class ReedDoorSwitch(DoorSwitch):
             self._pending = self._clock.call_later(self.debounce_s, self._settle)
 
     def _settle(self) -> None:
+        failure: tuple[str, HardwareError] | None = None
+        recovered: str | None = None
+        changed = False
         with self._mutex:
             self._pending = None
             if self._closed:
                 return
-            is_open = self._line.level == self._open_high
-            if is_open == self._is_open:
-                return
-            self._is_open = is_open
-        callback = self.when_opened if is_open else self.when_closed
-        for fn, args in ((callback, ()), (self.on_change, (self.number, is_open))):
-            if fn is None:
-                continue
             try:
-                fn(*args)
+                level = self._line.level
+            except HardwareError as exc:
+                failure = (source_of(exc, f"compartment {self.number} door"), exc)
+                self._failing = failure[0]
+                self._pending = self._clock.call_later(self.RETRY_S, self._settle)
+            else:
+                recovered, self._failing = self._failing, None
+                is_open = level == self._open_high
+                changed = is_open != self._is_open
+                self._is_open = is_open
+        if failure is not None:
+            self.faults.fault(*failure)
+            return
+        if recovered is not None:
+            self.faults.ok(recovered)
+        if not changed:
+            return
+        callback = self.when_opened if is_open else self.when_closed
+        if callback is not None:
+            self._clock.dispatch(callback)
+        if self.on_change is not None:
+            try:
+                self.on_change(self.number, is_open)
             except Exception:
                 logger.exception("door %d callback failed", self.number)
 

@@ -1,9 +1,11 @@
 """The small interfaces the controller depends on, and the events they deliver.
 
 Real drivers (:mod:`hardware.gpio`, :mod:`hardware.rfid`) and the simulator implement these;
-the controller never needs to know which it has. Callbacks may run in the reader thread, in
-gpiozero's event thread, or in the cabinet's timer thread: they must be cheap (put the event
-on a queue and return).
+the controller never needs to know which it has. Reader callbacks run in the reader thread;
+the cabinet's hooks (doors, pulse ends, faults) on the clock's event thread (see
+:meth:`hardware.clock.Clock.dispatch`), never on the timer thread that switches locks off.
+They should still be cheap (put the event on a queue and return): a slow one delays the
+events after it.
 """
 
 from __future__ import annotations

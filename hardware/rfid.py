@@ -19,12 +19,16 @@ What it fixes compared with ``SimpleMFRC522`` (see HARDWARE-NOTES.md):
 - the whole UID over all cascade levels (4, 7 and 10 bytes, without BCC bytes), with bit
   collisions between several cards resolved;
 - a read card is put to sleep with HLTA; while it is held, each poll wakes it with WUPA and
-  SELECTs it by its UID, then halts it again. A card counts as removed after
-  ``reader_miss_limit`` polls in a row without it, so a held card is one tap, and the same
-  card tapped again after it left is a new one;
+  SELECTs it by its UID, then halts it again (and every other card the WUPA woke, even when
+  the SELECT found nothing, so that several cards on the reader never leave each other
+  half-awake). A card counts as removed after ``reader_miss_limit`` polls in a row without
+  it, so a held card is one tap, and the same card tapped again after it left is a new one;
 - errors become :class:`~hardware.errors.ReaderError` (or ReaderUnavailable when no chip
-  answers) delivered to ``on_error``; the thread re-initialises the chip (hard reset through
-  RST) every ``reader_retry_s`` seconds until it answers again, then calls ``on_recover``.
+  answers) delivered to ``on_error`` once per outage; the thread re-initialises the chip
+  (hard reset through RST) every ``reader_retry_s`` seconds until it answers again, then
+  calls ``on_recover``. Cards held through a short outage (one the first retry ends) stay
+  one tap; after a longer one the reader forgets what was on it, so a card put back during
+  the outage is a new tap.
 """
 
 from __future__ import annotations
@@ -114,7 +118,16 @@ class _Rx:
 class RC522Reader(CardReader):
     """The RC522 on SPI. ``open_spi()`` returns an object with ``xfer2`` (spidev.SpiDev);
     ``chip_class()`` returns ``mfrc522.MFRC522`` (whose register access is used);
-    ``reset_line`` drives RST (active = chip running). Opened lazily at the first poll."""
+    ``reset_line`` drives RST (active = chip running). Opened lazily at the first poll.
+
+    ``presence_keep_s`` (seconds, default ``retry_s + 1``): the cards on the reader are
+    remembered across an outage at most this long (from the last successful poll to the
+    re-initialisation that ends the outage); after a longer one the present set is cleared,
+    and the cards found on the reader then are new taps.
+    """
+
+    #: Added to ``retry_s`` for the default :attr:`presence_keep_s` (seconds).
+    PRESENCE_MARGIN_S = 1.0
 
     def __init__(
         self,
@@ -136,9 +149,11 @@ class RC522Reader(CardReader):
         self._ready = False
         self._suspect = False
         self._last_check = 0.0
-        self._present: dict[bytes, int] = {}
+        self._present: dict[bytes, int] = {}  # UID -> polls missed in a row
+        self._last_ok: float | None = None  # clock time of the last successful poll
+        self.presence_keep_s = spec.retry_s + self.PRESENCE_MARGIN_S
         self._healthy = True
-        self._last_error: str | None = None
+        self._outage_kind: type[HardwareError] | None = None
         self._on_tap: TapCallback | None = None
         self._on_error: ErrorCallback | None = None
         self._on_recover: Callable[[], None] | None = None
@@ -238,7 +253,7 @@ class RC522Reader(CardReader):
             return None
         if not self._healthy:
             self._healthy = True
-            self._last_error = None
+            self._outage_kind = None
             logger.info("card reader recovered")
             self._call(self._on_recover)
         if tap is not None and self._on_tap is not None:
@@ -273,12 +288,18 @@ class RC522Reader(CardReader):
                 break
 
     def _report(self, exc: HardwareError) -> None:
-        self._healthy = False
+        """Report the first error of an outage to ``on_error``; log the others (a reader
+        returning garbage fails differently every time: one report, not one per retry)."""
         text = f"{type(exc).__name__}: {exc}"
-        if text == self._last_error:
-            logger.debug("card reader still failing: %s", text)
+        if not self._healthy:
+            if type(exc) is not self._outage_kind:
+                self._outage_kind = type(exc)
+                logger.warning("card reader still failing, now with: %s", text)
+            else:
+                logger.debug("card reader still failing: %s", text)
             return
-        self._last_error = text
+        self._healthy = False
+        self._outage_kind = type(exc)
         logger.warning("card reader error: %s", text)
         self._call(self._on_error, exc)
 
@@ -302,39 +323,60 @@ class RC522Reader(CardReader):
             and self._clock.monotonic() - self._last_check >= self.spec.health_check_s
         ):
             self._verify_chip()
+        # Presence is updated on a copy, kept only if the whole poll succeeds: a card found by
+        # a poll that fails later is found again (and tapped) by the next one.
+        present = dict(self._present)
         try:
             tap = None
             seen: set[bytes] = set()
             atqa = self._request(REQA, read_atqa=True)
             if atqa is not None:
                 found = self._read_uid()
+                self._halt()  # the card read, or the cards that answered if the read failed
                 if found is not None:
                     uid, sak = found
-                    self._halt()
                     seen.add(uid)
-                    if uid not in self._present:
+                    if uid not in present:
                         tap = Tap(uid=uid, at=self._clock.monotonic(), sak=sak, atqa=atqa)
                         logger.debug("card %s arrived", tap.uid_hex)
-                    self._present[uid] = 0
-            for uid in list(self._present):
+                    present[uid] = 0
+            for uid in list(present):
                 if uid in seen:
                     continue
                 if self._still_there(uid):
-                    self._present[uid] = 0
+                    present[uid] = 0
                 else:
-                    self._present[uid] += 1
-                    if self._present[uid] >= self.spec.miss_limit:
-                        del self._present[uid]
+                    present[uid] += 1
+                    if present[uid] >= self.spec.miss_limit:
+                        del present[uid]
                         logger.debug("card %s left", uid.hex().upper())
         except _ChipSilent:
             if self._verify_chip():
+                self._last_ok = self._clock.monotonic()
                 return None  # it had lost its settings and was reconfigured: poll again
             raise ReaderError(
                 "the RC522 stopped signalling interrupts; it will be re-initialised"
             ) from None
         if self._suspect:
             self._verify_chip()
+        self._present = present
+        self._last_ok = self._clock.monotonic()
         return tap
+
+    def _after_reinit(self) -> None:
+        """The chip was (re)initialised: its field went off and on, so every card in it is
+        back in IDLE and answers REQA. Keep the present set across a short outage; after a
+        longer one forget it, so that whatever is on the reader now is a new tap."""
+        if not self._present or self._last_ok is None:
+            return
+        down = self._clock.monotonic() - self._last_ok
+        if down > self.presence_keep_s:
+            logger.info(
+                "the reader was down %.1f s: forgetting the %d card(s) it had seen",
+                down,
+                len(self._present),
+            )
+            self._present.clear()
 
     def _request(self, command: int, *, read_atqa: bool = False) -> bytes | None:
         rx = self._transceive(bytes([command]), tx_last_bits=7, read_fifo=read_atqa)
@@ -416,13 +458,18 @@ class RC522Reader(CardReader):
         return rx.data[0]
 
     def _still_there(self, uid: bytes) -> bool:
+        """WUPA, then SELECT ``uid`` directly. WUPA wakes every card in the field; whatever the
+        SELECT found, HLTA puts the awake ones back to sleep (a card left READY ignores the
+        next WUPA, and would miss its own presence check)."""
         if self._request(WUPA) is None:
-            return False
+            return False  # nothing answered: no card was woken
+        found = True
         for sel, block in zip(SEL_CODES, cascade_levels(uid), strict=False):
             if self._select(sel, block + bytes([bcc(block)])) is None:
-                return False
+                found = False
+                break
         self._halt()
-        return True
+        return found
 
     # ------------------------------------------------------------------ chip access
 
@@ -544,6 +591,7 @@ class RC522Reader(CardReader):
                 f"SPI transfer to the RC522 failed ({exc}); check the wiring and the 3.3 V supply"
             ) from exc
         self._ready = True
+        self._after_reinit()
         logger.info(
             "RC522 ready on SPI %d.%d (%s)",
             self.spec.bus,

@@ -357,6 +357,17 @@ DOCUMENTED_KEYS: tuple[DocumentedKey, ...] = (
 
 documented_keys = DOCUMENTED_KEYS
 
+#: The ``[hardware]`` key of :attr:`CabinetSpec.lock_rest_s`, parsed by
+#: :meth:`CabinetSpec.from_mapping` but not yet accepted: it joins :data:`DOCUMENTED_KEYS`
+#: (after ``max_concurrent_unlocks``) together with its entry in docs/configuration.md
+#: (``locker config reference``) and docs/hardware.md, which the tests keep in step.
+LOCK_REST_KEY = DocumentedKey(
+    "lock_rest_s",
+    "0.1",
+    "Seconds a solenoid rests de-energised before its next pulse (duty-cycle guard); "
+    "a pulse asked for sooner is refused (LockBusy) and retried.",
+)
+
 
 @dataclass(frozen=True)
 class CabinetSpec:
@@ -375,6 +386,9 @@ class CabinetSpec:
     unlock_s: float = 3.0
     max_unlock_s: float = 5.0
     max_concurrent_unlocks: int = 2
+    #: Duty-cycle guard: seconds a solenoid rests de-energised before it may be pulsed again.
+    #: Not yet a key of ``[hardware]``: see :data:`LOCK_REST_KEY`.
+    lock_rest_s: float = 0.1
     door_pull: str = "up"
     door_open_high: bool = True
     debounce_s: float = 0.05
@@ -497,6 +511,11 @@ class CabinetSpec:
                 lambda v, key: _int(v, key, 1, 64),
                 spec_defaults.max_concurrent_unlocks,
             ),
+            lock_rest_s=get(
+                LOCK_REST_KEY.name,
+                lambda v, key: _float(v, key, 0.0, 600.0),
+                spec_defaults.lock_rest_s,
+            ),
             door_pull=get(
                 "door_pull",
                 lambda v, key: _choice(v, key, ("up", "down", "none")),
@@ -554,6 +573,11 @@ class CabinetSpec:
             raise HardwareConfigError(
                 f"{where}.max_concurrent_unlocks must be at least 1",
                 key=f"{where}.max_concurrent_unlocks",
+            )
+        if not 0 <= self.lock_rest_s <= 600:
+            raise HardwareConfigError(
+                f"{where}.{LOCK_REST_KEY.name} must be between 0 and 600 seconds",
+                key=f"{where}.{LOCK_REST_KEY.name}",
             )
         reserved = dict(RESERVED_BCM)
         if self.reader.bus == 1:
@@ -837,6 +861,7 @@ __all__ = [
     "BCM_PINS",
     "BOARD_TO_BCM",
     "DOCUMENTED_KEYS",
+    "LOCK_REST_KEY",
     "RESERVED_BCM",
     "CabinetSpec",
     "CompartmentSpec",

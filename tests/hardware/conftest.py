@@ -51,13 +51,18 @@ def mock_factory():
 
 @pytest.fixture
 def make_cabinet(clock: ManualClock) -> Iterator[Callable[..., object]]:
-    """``make_cabinet(n=4, auto_open=False, auto_close_s=None, **spec_overrides)``."""
+    """``make_cabinet(n=4, auto_open=False, auto_close_s=None, **spec_overrides)``.
+
+    Door debounce and the solenoids' rest between pulses are off unless overridden, so that
+    flows run without moving the clock.
+    """
     from hardware import CabinetSpec, open_cabinet
 
     opened = []
 
     def make(n: int = 4, *, auto_open: bool = False, auto_close_s=None, **overrides):
         overrides.setdefault("debounce_s", 0.0)
+        overrides.setdefault("lock_rest_s", 0.0)
         spec = CabinetSpec.simulated(n, **overrides)
         cabinet = open_cabinet(
             spec, "sim", clock=clock, auto_open=auto_open, auto_close_s=auto_close_s

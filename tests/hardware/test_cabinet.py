@@ -378,3 +378,167 @@ def test_the_simulated_reader_does_not_load_numpy():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["False", "True"]  # no numpy; the reader did answer
+
+
+def test_an_i2c_failure_on_a_shared_interrupt_line_does_not_silence_its_doors(
+    make_cabinet,
+) -> None:
+    cabinet = make_cabinet(40, debounce_s=0.05)  # mcp0-mcp4 share the interrupt line BCM 4
+    sim = cabinet.sim
+    doors: list[DoorEvent] = []
+    faults: list[HardwareError] = []
+    cleared: list[str] = []
+    cabinet.on_door = doors.append
+    cabinet.on_fault = faults.append
+    cabinet.on_fault_cleared = cleared.append
+    sim.expander_fault("mcp1", "raise")
+    sim.force_door(9)  # mcp1 cannot be read: its interrupt holds the shared line low
+    cabinet.clock.advance(0.5)
+    for number in (2, 17, 33):  # doors of the other expanders on the line still report
+        sim.force_door(number)
+    cabinet.clock.advance(0.5)
+    assert [(d.number, d.is_open) for d in doors] == [(2, True), (17, True), (33, True)]
+    assert [type(f) for f in faults] == [ExpanderError]  # once, not once per retry or edge
+    assert cabinet.faults.keys() == {"expander mcp1"} and cleared == []
+    assert sim.pi_pin(4).state is False
+    sim.expander_fault("mcp1", None)
+    cabinet.clock.advance(0.5)
+    assert [(d.number, d.is_open) for d in doors][3:] == [(9, True)]  # the lost edge
+    assert cleared == ["expander mcp1"] and cabinet.faults == {}
+    assert sim.pi_pin(4).state is True and cabinet.clock.pending == 0
+    cabinet.locks[10].pulse(1)
+    sim.open_door(10)
+    cabinet.clock.advance(1.0)
+    assert [(d.number, d.is_open, d.forced) for d in doors][4:] == [(10, True, False)]
+    assert len(faults) == 1
+
+
+def test_a_door_edge_being_debounced_survives_an_i2c_failure(make_cabinet) -> None:
+    cabinet = make_cabinet(16, debounce_s=0.2)
+    sim = cabinet.sim
+    doors: list[DoorEvent] = []
+    faults: list[HardwareError] = []
+    cleared: list[str] = []
+    cabinet.on_door = doors.append
+    cabinet.on_fault = faults.append
+    cabinet.on_fault_cleared = cleared.append
+    sim.force_door(3)
+    cabinet.clock.advance(0.05)  # edge seen, debounce pending
+    sim.expander_fault("mcp0", "raise")
+    cabinet.clock.advance(0.4)  # the debounced read fails, and is retried
+    assert doors == [] and not cabinet.doors[3].is_open
+    assert [type(f) for f in faults] == [ExpanderError]
+    assert "expander mcp0" in str(faults[0])
+    sim.expander_fault("mcp0", None)
+    cabinet.clock.advance(0.1)
+    assert [(d.number, d.is_open, d.forced) for d in doors] == [(3, True, True)]
+    assert cabinet.doors[3].is_open and cleared == ["expander mcp0"]
+    assert len(faults) == 1 and cabinet.clock.pending == 0
+
+
+def test_a_lock_that_cannot_switch_off_keeps_its_slot_of_the_energise_limit(
+    make_cabinet,
+) -> None:
+    cabinet = make_cabinet(24, max_concurrent_unlocks=1)
+    sim = cabinet.sim
+    faults: list[HardwareError] = []
+    cleared: list[str] = []
+    cabinet.on_fault = faults.append
+    cabinet.on_fault_cleared = cleared.append
+    cabinet.locks[9].pulse(2)  # on mcp1
+    sim.expander_fault("mcp1", "raise")
+    cabinet.clock.advance(2.0)  # the pulse ends; switching off fails, and is retried
+    assert sim.energised() == (9,) and cabinet.energised() == (9,)
+    assert cabinet.locks[9].is_energised
+    with pytest.raises(LockBusy):
+        cabinet.locks[1].pulse(2)  # would be a second solenoid on: over the limit
+    with pytest.raises(LockError, match="could not be switched off"):
+        cabinet.locks[9].pulse(2)
+    cabinet.clock.advance(1.0)
+    assert sim.energised() == (9,) and [type(f) for f in faults] == [LockError]
+    sim.expander_fault("mcp1", None)
+    cabinet.clock.advance(0.05)
+    assert sim.energised() == () and cabinet.energised() == ()
+    assert not cabinet.locks[9].is_energised and cleared == ["compartment 9 lock"]
+    assert cabinet.locks[1].pulse(2) == 2
+    assert sim.energised() == (1,)
+
+
+def test_a_solenoid_rests_between_pulses(make_cabinet, clock) -> None:
+    cabinet = make_cabinet(4, lock_rest_s=2.0)
+    lock = cabinet.locks[1]
+    pin = cabinet.sim.pi_pin(17)
+
+    def again(_event: PulseEnd) -> None:
+        lock.pulse(60)  # back to back: refused (LockBusy, logged by the cabinet)
+
+    cabinet.on_pulse_end = again
+    assert lock.pulse(60) == 5.0  # clamped to max_unlock_s
+    clock.advance(5.0)
+    with pytest.raises(LockBusy) as busy:
+        lock.pulse(1)
+    assert busy.value.retry_after == pytest.approx(2.0)
+    clock.advance(1.0)
+    with pytest.raises(LockBusy) as busy:
+        lock.pulse(1)
+    assert busy.value.retry_after == pytest.approx(1.0)
+    cabinet.on_pulse_end = None
+    clock.advance(1.0)
+    assert lock.pulse(1) == 1
+    clock.advance(60)
+    assert [state.state for state in pin.states] == [False, True, False, True, False]
+    assert cabinet.sim.energised() == ()
+
+
+def test_the_default_rest_stops_back_to_back_pulses(clock) -> None:
+    cabinet = open_cabinet(CabinetSpec.simulated(4, debounce_s=0), "sim", clock=clock)
+    try:
+        lock = cabinet.locks[1]
+        on_s = 0.0
+        since: list[float] = []
+
+        def change(number: int, energised: bool) -> None:
+            nonlocal on_s
+            if energised:
+                since.append(clock.monotonic())
+            else:
+                on_s += clock.monotonic() - since[-1]
+
+        cabinet.sim.on_lock_change = change
+        cabinet.on_pulse_end = lambda _event: lock.pulse(60)
+        lock.pulse(60)
+        clock.advance(65)
+        assert cabinet.spec.lock_rest_s > 0
+        assert on_s == pytest.approx(cabinet.spec.max_unlock_s)  # one pulse, not 13
+        assert [s.state for s in cabinet.sim.pi_pin(17).states] == [False, True, False]
+    finally:
+        cabinet.close()
+
+
+def test_a_slow_hook_never_delays_a_lock_switching_off() -> None:
+    spec = CabinetSpec.simulated(4, max_unlock_s=0.2, unlock_s=0.2, debounce_s=0.01)
+    cabinet = open_cabinet(spec, "sim")  # a SystemClock: real threads
+    released = threading.Event()
+    in_hook = threading.Event()
+    hook_threads: list[str] = []
+
+    def slow_on_door(_event: DoorEvent) -> None:
+        hook_threads.append(threading.current_thread().name)
+        in_hook.set()
+        released.wait(10.0)  # blocks until the test has seen the lock switch off
+
+    def lock_changed(number: int, energised: bool) -> None:
+        if number == 2 and not energised and in_hook.is_set():
+            released.set()
+
+    try:
+        cabinet.sim.on_lock_change = lock_changed
+        cabinet.on_door = slow_on_door
+        cabinet.locks[2].pulse()
+        assert cabinet.sim.open_door(2)
+        assert released.wait(10.0), "the lock waited for the on_door hook"
+        assert hook_threads == ["hardware-timer-events"]
+        assert cabinet.sim.energised() == ()
+    finally:
+        released.set()
+        cabinet.close()

@@ -51,3 +51,43 @@ def test_system_clock_runs_and_cancels_callbacks() -> None:
     assert seen == ["ran"]
     late = clock.call_later(0.0, lambda: seen.append("after close"))
     assert late.cancelled
+
+
+def test_system_clock_dispatches_in_order_off_the_timer_thread() -> None:
+    clock = SystemClock("probe")
+    release = threading.Event()
+    timer_ran = threading.Event()
+    seen: list[tuple[str, str]] = []
+
+    def slow() -> None:
+        seen.append(("slow", threading.current_thread().name))
+        release.wait(10.0)  # held until the timer below has run
+
+    def timer() -> None:
+        seen.append(("timer", threading.current_thread().name))
+        timer_ran.set()
+        release.set()
+
+    clock.call_later(0.0, lambda: clock.dispatch(slow))
+    clock.dispatch(lambda: seen.append(("second", threading.current_thread().name)))
+    clock.call_later(0.01, timer)
+    assert timer_ran.wait(10.0), "a timer waited behind a dispatched callback"
+    clock.dispatch(lambda: 1 / 0)  # logged; the next ones still run
+    done = threading.Event()
+    clock.dispatch(done.set)
+    assert done.wait(10.0)
+    clock.close()
+    assert [name for name, _ in seen if name != "timer"] == ["second", "slow"]
+    assert {thread for name, thread in seen if name != "timer"} == {"probe-events"}
+    assert ("timer", "probe") in seen
+    after: list[str] = []
+    clock.dispatch(lambda: after.append(threading.current_thread().name))
+    assert after == [threading.current_thread().name]  # closed: run at once, here
+
+
+def test_manual_clock_dispatches_at_once() -> None:
+    clock = ManualClock()
+    seen: list[int] = []
+    clock.dispatch(lambda: seen.append(1))
+    clock.dispatch(lambda: 1 / 0)
+    assert seen == [1] and clock.pending == 0

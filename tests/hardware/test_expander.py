@@ -20,6 +20,7 @@ from hardware.expander import (
     ExpanderPoller,
     InterruptWatcher,
 )
+from hardware.faults import FaultReporter
 from hardware.gpio import EnergiseGuard, LineFactory, SolenoidLock
 from hardware.sim.mcp23017 import MCP23017Emulator, SimSMBus
 from hardware.sim.simulator import SimPin
@@ -246,3 +247,100 @@ def test_emulator_port_levels_equal_the_per_pin_levels(iodir, olat, gppu, extern
         chip.set_input(port * 8 + bit, level)
     expected = sum(int(chip.level(port * 8 + bit)) << bit for bit in range(8))
     assert chip._port_levels(port) == expected
+
+
+def shared_line(mock_factory, count: int = 2):
+    """``count`` emulated expanders with their INTA lines wired together to GPIO4."""
+    chips = [MCP23017Emulator(f"mcp{i}") for i in range(count)]
+    bus = SimSMBus(1, {0x20 + i: chip for i, chip in enumerate(chips)})
+    int_pin = mock_factory.pin("GPIO4", pin_class=SimPin)
+
+    def net(_port: int, _asserted: bool) -> None:
+        low = any(chip.int_level(0) is False for chip in chips)
+        int_pin.set_external(False if low else None)
+
+    drivers = []
+    for i, emulator in enumerate(chips):
+        emulator.on_interrupt = net
+        driver = MCP23017(f"mcp{i}", bus, 0x20 + i)
+        driver.setup()
+        drivers.append(driver)
+    return chips, drivers, int_pin
+
+
+def test_interrupt_watcher_keeps_servicing_a_line_held_low_by_a_failed_expander(
+    mock_factory, clock
+) -> None:
+    chips, drivers, int_pin = shared_line(mock_factory)
+    faults: list[Exception] = []
+    cleared: list[str] = []
+    reporter = FaultReporter(faults.append, cleared.append)
+    line = LineFactory(mock_factory).input(PinRef(None, 4), pull="up", label="int")
+    watcher = InterruptWatcher(line, drivers, faults=reporter, clock=clock)
+    seen: list[tuple[str, bool]] = []
+    for i, driver in enumerate(drivers):
+        door = driver.input_line(9, pull="up", label=f"door{i}")
+        door.when_changed = lambda level, i=i: seen.append((f"mcp{i}", level))
+    chips[1].set_fault("raise")
+    chips[1].set_input(9, False)  # mcp1 cannot be read: its interrupt holds the line low
+    for _ in range(3):
+        clock.advance(InterruptWatcher.RETRY_S)
+    assert int_pin.state is False and seen == []
+    chips[0].set_input(9, False)  # no falling edge (the line is low): the retries find it
+    clock.advance(InterruptWatcher.RETRY_S)
+    assert seen == [("mcp0", False)]
+    clock.advance(1.0)
+    assert len(faults) == 1 and isinstance(faults[0], ExpanderError)  # once per outage
+    assert faults[0].expander == "mcp1" and cleared == []
+    chips[1].set_fault(None)
+    clock.advance(InterruptWatcher.RETRY_S)
+    assert seen == [("mcp0", False), ("mcp1", False)]
+    assert int_pin.state is True and cleared == ["expander mcp1"]
+    assert clock.pending == 0  # the line is high again: no more catch-up polls
+    chips[1].set_input(9, None)  # and edges work as before
+    assert seen[-1] == ("mcp1", True)
+    watcher.close()
+
+
+def test_interrupt_watcher_reports_a_line_stuck_low(mock_factory, clock) -> None:
+    _chips, drivers, int_pin = shared_line(mock_factory, 1)
+    faults: list[Exception] = []
+    cleared: list[str] = []
+    line = LineFactory(mock_factory).input(PinRef(None, 4), pull="up", label="int")
+    watcher = InterruptWatcher(
+        line, drivers, faults=FaultReporter(faults.append, cleared.append), clock=clock
+    )
+    int_pin.set_external(False)  # something else holds the line low
+    clock.advance(InterruptWatcher.STUCK_S + 0.5)
+    assert len(faults) == 1 and "stays low" in str(faults[0])
+    int_pin.set_external(None)
+    clock.advance(InterruptWatcher.RETRY_S)
+    assert cleared == ["interrupt line int (GPIO4)"] and clock.pending == 0
+    watcher.close()
+
+
+def test_interrupt_watcher_services_a_line_already_low_at_start(mock_factory, clock) -> None:
+    chips, drivers, int_pin = shared_line(mock_factory, 1)
+    seen: list[bool] = []
+    door = drivers[0].input_line(9, pull="up", label="door")
+    door.when_changed = seen.append
+    chips[0].set_input(9, False)  # before anyone watches the line
+    line = LineFactory(mock_factory).input(PinRef(None, 4), pull="up", label="int")
+    watcher = InterruptWatcher(line, drivers, clock=clock)
+    assert int_pin.state is False
+    watcher.start()
+    assert seen == [False] and int_pin.state is True
+    watcher.close()
+
+
+def test_fault_reporter_reports_each_outage_and_recovery_once() -> None:
+    faults: list[Exception] = []
+    cleared: list[str] = []
+    reporter = FaultReporter(faults.append, cleared.append)
+    error = ExpanderError("gone", expander="mcp0")
+    assert reporter.ok("expander mcp0") is False
+    assert [reporter.fault("expander mcp0", error) for _ in range(3)] == [True, False, False]
+    assert reporter.faults == {"expander mcp0": error} and reporter.failing("expander mcp0")
+    assert [reporter.ok("expander mcp0") for _ in range(2)] == [True, False]
+    assert reporter.fault("expander mcp0", error) is True  # a new outage
+    assert faults == [error, error] and cleared == ["expander mcp0"]

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from hardware.errors import DeviceClosed, HardwareError, LockBusy, LockError
+from hardware.errors import DeviceClosed, ExpanderError, HardwareError, LockBusy, LockError
+from hardware.faults import FaultReporter
 from hardware.gpio import (
     EnergiseGuard,
     GpioIndicators,
@@ -181,6 +182,76 @@ def test_output_failures(clock) -> None:
     assert not line.active
 
 
+def test_a_lock_counts_as_energised_until_its_switch_off_succeeds(clock) -> None:
+    line = FailingLine()
+    line.fail_on = False
+    faults: list[HardwareError] = []
+    cleared: list[str] = []
+    ends: list[PulseEnd] = []
+    guard = EnergiseGuard(1)
+    reporter = FaultReporter(faults.append, cleared.append)
+    lock = SolenoidLock(
+        4, line, guard=guard, clock=clock, unlock_s=3, max_unlock_s=5, faults=reporter
+    )
+    lock.on_pulse_end = ends.append
+    other_line = FailingLine()
+    other_line.fail_on = False
+    other = SolenoidLock(5, other_line, guard=guard, clock=clock, unlock_s=3, max_unlock_s=5)
+    lock.pulse(1.0)
+    line.fail_off = True
+    clock.advance(1.0)
+    assert ends == [PulseEnd(4, 1.0, False, "timer")]  # the pulse is over...
+    assert line.active and lock.is_energised and guard.energised == (4,)  # ...the solenoid not
+    assert lock.last_released is None
+    with pytest.raises(LockBusy) as busy:
+        other.pulse(1.0)  # the limit still counts lock 4
+    assert busy.value.energised == (4,) and 0 < busy.value.retry_after <= lock.RETRY_OFF_S
+    with pytest.raises(LockError, match="could not be switched off"):
+        lock.pulse(1.0)
+    clock.advance(1.0)  # twenty retries: still one report
+    assert len(faults) == 1 and cleared == []
+    line.fail_off = False
+    clock.advance(lock.RETRY_OFF_S)
+    assert not line.active and not lock.is_energised and guard.energised == ()
+    assert lock.last_released == pytest.approx(clock.monotonic())
+    assert cleared == ["compartment 4 lock"]
+    assert other.pulse(1.0) == 1.0
+    assert len(faults) == 1 and clock.pending == 1  # only the other lock's pulse timer
+
+
+def test_rest_between_pulses_of_one_solenoid(mock_factory, clock) -> None:
+    lines = LineFactory(mock_factory)
+    line = lines.output(PinRef(None, 17), active_high=True, label="lock 1")
+    lock = SolenoidLock(
+        1, line, guard=EnergiseGuard(2), clock=clock, unlock_s=3, max_unlock_s=5, rest_s=2.0
+    )
+    pin = mock_factory.pin("GPIO17")
+    lock.pulse(1.0)
+    assert lock.pulse(9.0) == 5.0  # extending a running pulse is not a new pulse
+    clock.advance(5.0)
+    with pytest.raises(LockBusy, match="rests 2 s between pulses") as busy:
+        lock.pulse()
+    assert busy.value.retry_after == pytest.approx(2.0) and busy.value.number == 1
+    clock.advance(2.0 - 1e-3)
+    with pytest.raises(LockBusy):
+        lock.pulse()
+    clock.advance(1e-3)
+    assert lock.pulse(1.0) == 1.0
+    clock.advance(1.0)
+    assert states(pin) == [False, True, False, True, False]
+
+
+def test_a_failed_energise_needs_no_rest(clock) -> None:
+    line = FailingLine()
+    lock = SolenoidLock(
+        4, line, guard=EnergiseGuard(1), clock=clock, unlock_s=3, max_unlock_s=5, rest_s=5.0
+    )
+    with pytest.raises(LockError):
+        lock.pulse()
+    line.fail_on = False
+    assert lock.pulse(1.0) == 1.0  # it never was on: no rest owed
+
+
 def make_door(mock_factory, clock, *, debounce_s=0.05, pull="up", open_high=True, pin=5):
     lines = LineFactory(mock_factory)
     line = lines.input(PinRef(None, pin), pull=pull, label="door")
@@ -318,3 +389,54 @@ def test_indicators_without_hardware_are_no_ops(clock) -> None:
     ind.beep("alarm")
     ind.off()
     assert ind.state == "off" and clock.pending == 0
+
+
+class FlakyInput:
+    """An input line whose reads can be made to fail, like an expander pin on a broken bus."""
+
+    name = "flaky door"
+
+    def __init__(self) -> None:
+        self.high = False
+        self.fail = False
+        self.when_changed = None
+
+    @property
+    def level(self) -> bool:
+        if self.fail:
+            raise ExpanderError("I2C error", expander="mcp0")
+        return self.high
+
+    def set(self, high: bool) -> None:
+        self.high = high
+        self.when_changed(high)
+
+    def close(self) -> None:
+        self.when_changed = None
+
+
+def test_a_door_read_that_fails_is_retried_and_the_edge_delivered(clock) -> None:
+    line = FlakyInput()
+    faults: list[HardwareError] = []
+    cleared: list[str] = []
+    door = ReedDoorSwitch(
+        7,
+        line,
+        open_high=True,
+        debounce_s=0.05,
+        clock=clock,
+        faults=FaultReporter(faults.append, cleared.append),
+    )
+    events: list[object] = []
+    door.on_change = lambda number, is_open: events.append((number, is_open))
+    line.set(True)
+    clock.advance(0.01)
+    line.fail = True
+    clock.advance(1.0)  # the read at the end of the debounce fails, then every retry
+    assert events == [] and not door.is_open
+    assert len(faults) == 1 and cleared == []
+    line.fail = False
+    clock.advance(door.RETRY_S)
+    assert events == [(7, True)] and door.is_open
+    assert cleared == ["expander mcp0"] and clock.pending == 0
+    door.close()

@@ -251,3 +251,118 @@ def test_reader_thread_survives_a_failing_callback() -> None:
     rig.chip.add_card(UID4)
     assert rig.reader.step() is not None
     assert rig.reader.healthy
+
+
+CARD_A = bytes.fromhex("DEADBEEF")
+CARD_B = bytes.fromhex("CAFEBABE")
+
+
+def steps(rig: Rig, n: int, gap: float = 0.05) -> None:
+    for _ in range(n):
+        rig.reader.step()
+        rig.clock.advance(gap)
+
+
+def test_removing_one_of_two_cards_leaves_the_other_present(rig) -> None:
+    rig.chip.add_card(CARD_A)
+    rig.chip.add_card(bytes.fromhex("04A1B2C3D4E5F6"))
+    assert len(rig.polls(4)) == 2
+    rig.chip.remove_card(CARD_A)
+    assert rig.polls(10) == []
+    assert rig.reader.present == (bytes.fromhex("04A1B2C3D4E5F6"),)
+    assert [card.state for card in rig.chip.cards] == ["HALT"]  # not left half-awake
+    rig.chip.add_card(CARD_A)
+    assert [tap.uid for tap in rig.polls(4)] == [CARD_A]  # came back: a new tap
+
+
+def test_two_held_cards_are_not_tapped_again_after_a_transient_error(rig) -> None:
+    taps: list[object] = []
+    rig.reader.start(taps.append, taps.append, lambda: taps.append("recovered"), thread=False)
+    rig.chip.add_card(CARD_A)
+    rig.chip.add_card(CARD_B)
+    steps(rig, 5)
+    rig.chip.remove_card(CARD_A)
+    steps(rig, 5)
+    assert rig.reader.present == (CARD_B,)
+    rig.chip.set_fault("raise")
+    steps(rig, 1)
+    rig.chip.set_fault(None)
+    rig.clock.advance(rig.reader.spec.retry_s)  # the thread's next attempt
+    steps(rig, 3)
+    assert [getattr(t, "uid", t) for t in taps if not isinstance(t, ReaderError)] == [
+        CARD_A,
+        CARD_B,
+        "recovered",
+    ]
+    assert rig.reader.present == (CARD_B,)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(
+        st.frozensets(st.sampled_from([CARD_A, CARD_B, UID7, UID10]), max_size=4),
+        min_size=1,
+        max_size=6,
+    )
+)
+def test_several_cards_coming_and_going_are_one_tap_per_arrival(rounds) -> None:
+    """A card that stays is never tapped again; one that left is a new tap when it is back."""
+    rig = Rig()
+    on_reader: frozenset[bytes] = frozenset()
+    for cards in rounds:
+        for uid in on_reader - cards:
+            rig.chip.remove_card(uid)
+        for uid in cards - on_reader:
+            rig.chip.add_card(uid)
+        taps = rig.polls(4 + rig.reader.spec.miss_limit)  # long enough to see every change
+        assert sorted(tap.uid for tap in taps) == sorted(cards - on_reader)
+        assert set(rig.reader.present) == cards
+        on_reader = cards
+
+
+def test_a_card_held_through_a_short_outage_is_still_the_same_tap(rig) -> None:
+    taps: list[object] = []
+    rig.reader.start(taps.append, taps.append, thread=False)
+    rig.chip.add_card(CARD_A)
+    steps(rig, 3)
+    rig.chip.set_fault("vanish")
+    steps(rig, 1)
+    rig.chip.set_fault(None)
+    rig.clock.advance(rig.reader.spec.retry_s)
+    steps(rig, 3)
+    assert [type(t).__name__ for t in taps] == ["Tap", "ReaderUnavailable"]
+
+
+def test_a_card_removed_during_a_long_outage_is_a_new_tap_when_back(rig) -> None:
+    taps: list[object] = []
+    rig.reader.start(taps.append, taps.append, thread=False)
+    rig.chip.add_card(CARD_A)
+    steps(rig, 3)
+    rig.chip.set_fault("vanish")
+    steps(rig, 2)
+    rig.chip.remove_card()
+    rig.clock.advance(10.0)
+    rig.chip.set_fault(None)
+    rig.chip.add_card(CARD_A)  # tapped again while the reader was still down
+    rig.clock.advance(rig.reader.presence_keep_s)
+    steps(rig, 3)
+    assert [getattr(t, "uid", type(t).__name__) for t in taps] == [
+        CARD_A,
+        "ReaderUnavailable",
+        CARD_A,
+    ]
+    assert rig.reader.present == (CARD_A,)
+
+
+def test_a_reader_returning_garbage_is_reported_once_per_outage(rig) -> None:
+    events: list[object] = []
+    rig.reader.start(events.append, events.append, lambda: events.append("ok"), thread=False)
+    steps(rig, 2)
+    for outage in range(2):
+        rig.chip.set_fault("garbage")
+        steps(rig, 40, gap=0.5)  # random VersionReg values: each error reads differently
+        rig.chip.set_fault(None)
+        rig.clock.advance(rig.reader.spec.retry_s)
+        steps(rig, 2)
+        kinds = [type(e).__name__ if e != "ok" else e for e in events]
+        assert kinds == ["ReaderError", "ok"] * (outage + 1), kinds

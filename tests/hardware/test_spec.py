@@ -256,3 +256,15 @@ def test_pull_down_is_refused_for_expander_door_pins() -> None:
         CabinetSpec.from_mapping({"compartments": 10, "door_pull": "down"})
     spec = CabinetSpec.from_mapping({"compartments": 3, "door_pull": "down"})
     assert spec.door_pull == "down"
+
+
+def test_lock_rest_default_and_limits() -> None:
+    from dataclasses import replace
+
+    from hardware.spec import LOCK_REST_KEY
+
+    spec = CabinetSpec.from_mapping({"compartments": 2})
+    assert spec.lock_rest_s == float(LOCK_REST_KEY.default) > 0
+    assert LOCK_REST_KEY.name == "lock_rest_s" and LOCK_REST_KEY.doc
+    with pytest.raises(HardwareConfigError, match="lock_rest_s"):
+        replace(spec, lock_rest_s=-1.0).validate()
