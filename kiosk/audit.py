@@ -4,7 +4,10 @@
 restricted | details)`` with a key derived from the site secret, so an event cannot be
 edited, removed or reordered without :meth:`AuditTrail.verify` naming it, and a new chain
 cannot be forged without the secret. ``seq`` is assigned under the lock of the single
-``audit_head`` row, so the chain never forks however many writers there are.
+``audit_head`` row, so the chain never forks however many writers there are. Every commit
+that appends events also writes the head's **seal** (a keyed hash of its seq and hash):
+without the secret the head cannot be moved back to an earlier event, so removing the most
+recent events, or all of them, is found like any other removal.
 
 A retention purge removes old events and appends an ``audit.purged`` checkpoint that lists
 each removed run (first seq, last seq, hash of the last removed event); verification steps
@@ -22,13 +25,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import Connection, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from kiosk.actors import Actor
 from kiosk.clock import Clock
-from kiosk.db import Executor, connection_of
-from kiosk.errors import AuditChainBroken
+from kiosk.db import Executor, before_commit, connection_of, run_before_commit_now
+from kiosk.errors import AuditChainBroken, InstanceError
 from kiosk.models import AuditEvent, AuditHead
 
 log = logging.getLogger(__name__)
@@ -36,10 +39,12 @@ log = logging.getLogger(__name__)
 GENESIS_HASH = "0" * 64
 PURGE_KIND = "audit.purged"
 _HEAD_CACHE = "kiosk.audit.head"
+_SEAL_HOOK = "kiosk.audit.seal"
 _EVENTS = AuditEvent.__table__
 _HEAD = AuditHead.__table__
 # Built once: statement construction costs more than execution on the tap path.
 _READ_HEAD = select(_HEAD.c.seq, _HEAD.c.hash).where(_HEAD.c.id == 1).with_for_update()
+_SEAL_HEAD = update(_HEAD).where(_HEAD.c.id == 1).values(seal=bindparam("seal"))
 _INSERT_EVENT = insert(_EVENTS)
 _COLUMNS = (
     "seq",
@@ -96,6 +101,7 @@ class VerifyReport:
     head_seq: int
     head_hash: str
     purged_runs: int
+    records: int = 0  # custody records checked against their events
 
 
 class AuditTrail:
@@ -133,6 +139,20 @@ class AuditTrail:
         ]
         message = json.dumps(fields, separators=(",", ":"), ensure_ascii=False)
         return hmac.new(self._key, message.encode("utf-8"), hashlib.sha256).hexdigest()
+
+    def seal_of(self, seq: int, head_hash: str) -> str:
+        """The head's seal: a keyed hash of its seq and hash (64 hex digits)."""
+        message = json.dumps(["audit-head", seq, head_hash], separators=(",", ":"))
+        return hmac.new(self._key, message.encode("utf-8"), hashlib.sha256).hexdigest()
+
+    def _seal_head(self, connection: Connection) -> None:
+        """Before a commit that appended events: seal the head as it now stands."""
+        cached = connection.info.get(_HEAD_CACHE)
+        if cached is not None and cached[0] is connection.get_transaction():
+            seq, head_hash = cached[1], cached[2]  # the last event was written at top level
+        else:  # it was written in a savepoint: what the head says now counts
+            seq, head_hash = connection.execute(_READ_HEAD).one()
+        connection.execute(_SEAL_HEAD, {"seal": self.seal_of(seq, head_hash)})
 
     def _hash_of(self, event: Any, prev_hash: str) -> str:
         return self.event_hash(
@@ -199,12 +219,43 @@ class AuditTrail:
         # The insert moves the head too (a trigger of migration 0002).
         connection.execute(_INSERT_EVENT, {name: getattr(event, name) for name in _COLUMNS})
         connection.info[_HEAD_CACHE] = (scope, event.seq, event.hash)
+        before_commit(connection, _SEAL_HOOK, self._seal_head)
         return event
+
+    def check_key(self, session: Session) -> None:
+        """Raise InstanceError when this instance's secret is not the one the database was
+        written with (a Pi given its own ``secret.key`` on a school's shared database: its
+        events would break the chain for everyone, its cards would never match). A database
+        with no events yet is anybody's. Reads the newest event only."""
+        row = session.execute(
+            select(*(getattr(AuditEvent, name) for name in _ROW_FIELDS))
+            .order_by(AuditEvent.seq.desc())
+            .limit(1)
+        ).first()
+        if row is None:
+            return
+        try:
+            ours = hmac.compare_digest(self._hash_of(row, row.prev_hash), row.hash)
+        except (TypeError, ValueError, AttributeError):
+            ours = False
+        if not ours:
+            raise InstanceError(
+                "this instance's secret.key is not the one its database was written with (or "
+                f"the newest audit event, seq {row.seq}, was edited): on a shared database "
+                "every machine needs the same secret.key; copy it from the machine that "
+                "created the database (docs/install.md, several cabinets in one school)"
+            )
 
     # ------------------------------------------------------------------------------------
 
     def verify(self, session: Session, batch: int = 5000) -> VerifyReport:
-        """Walk the whole chain; raise AuditChainBroken naming the first bad event."""
+        """Walk the whole chain, then check every custody record against its events
+        (:func:`kiosk.custody.verify_records`); raise AuditChainBroken naming the first bad
+        event or record."""
+        from kiosk.custody import verify_records  # the ledger writes through this module
+
+        # Inside a unit of work that appended events: seal them now, as its commit would.
+        run_before_commit_now(session.connection(), _SEAL_HOOK)
         head = session.get(AuditHead, 1)
         if head is None:
             raise AuditChainBroken("the audit head row is missing: the chain cannot be checked")
@@ -234,7 +285,11 @@ class AuditTrail:
                     f"{event.occurred_at:%Y-%m-%d %H:%M:%S}) does not follow the event before "
                     "it: an event was removed, reordered or edited"
                 )
-            if not hmac.compare_digest(self._hash_of(event, event.prev_hash), event.hash):
+            try:
+                intact = hmac.compare_digest(self._hash_of(event, event.prev_hash), event.hash)
+            except (TypeError, ValueError, AttributeError):  # a field no longer of its type
+                intact = False
+            if not intact:
                 raise AuditChainBroken(
                     f"audit event seq {event.seq} (id {event.id}, {event.kind} at "
                     f"{event.occurred_at:%Y-%m-%d %H:%M:%S}) was edited: its content does not "
@@ -242,25 +297,59 @@ class AuditTrail:
                 )
             prev_seq, prev_hash, count = event.seq, event.hash, count + 1
 
+        if head.seal is None or not hmac.compare_digest(
+            head.seal, self.seal_of(head.seq, head.hash)
+        ):
+            raise AuditChainBroken(
+                f"the audit head (seq {head.seq}) is not sealed with this site's secret: it was "
+                "edited (the most recent events may have been removed), or the database "
+                "belongs to another instance"
+                + (
+                    ""
+                    if head.seal is not None
+                    else "; a database upgraded from a version without seals is sealed by "
+                    "`locker init`"
+                )
+            )
         if (head.seq, head.hash) != (prev_seq, prev_hash):
             raise AuditChainBroken(
                 f"the audit head names seq {head.seq} but the last event is seq {prev_seq}: "
                 "the most recent events were removed or the head was edited"
+                if head.seq > prev_seq
+                else f"the audit head names seq {head.seq}, an event that does not match the "
+                f"last event (seq {prev_seq}): the head was edited"
             )
-        return VerifyReport(count, head.seq, head.hash, runs_used)
+        return VerifyReport(count, head.seq, head.hash, runs_used, verify_records(session))
 
     def _events(self, session: Session, batch: int) -> Iterable[Any]:
         """Rows of every event in seq order, fetched in batches (no ORM identity map)."""
         columns = [getattr(AuditEvent, name) for name in _ROW_FIELDS]
         last = 0
         while True:
-            rows = session.execute(
-                select(*columns).where(AuditEvent.seq > last).order_by(AuditEvent.seq).limit(batch)
-            ).all()
+            query = select(*columns).where(AuditEvent.seq > last).order_by(AuditEvent.seq)
+            try:
+                rows = session.execute(query.limit(batch)).all()
+            except (ValueError, TypeError):  # a value the database holds no longer parses
+                self._unreadable(session, query, last, batch)
             if not rows:
                 return
             yield from rows
             last = rows[-1].seq
+
+    @staticmethod
+    def _unreadable(session: Session, query: Any, after: int, batch: int) -> None:
+        """Name the first event after seq ``after`` whose stored fields cannot be read."""
+        seqs = session.execute(
+            select(AuditEvent.seq).where(AuditEvent.seq > after).order_by(AuditEvent.seq)
+        ).scalars()
+        for seq in list(seqs)[:batch]:
+            try:
+                session.execute(query.where(AuditEvent.seq == seq)).all()
+            except (ValueError, TypeError):
+                raise AuditChainBroken(
+                    f"audit event seq {seq} was edited: a stored field is no longer a valid value"
+                ) from None
+        raise AuditChainBroken(f"an audit event after seq {after} cannot be read")
 
     def _gaps(self, session: Session) -> list[Gap]:
         gaps: list[Gap] = []

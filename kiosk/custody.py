@@ -11,10 +11,11 @@ invariants again (partial unique indexes, check constraints, the custody guard t
 from __future__ import annotations
 
 import enum
+import json
 import logging
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from sqlalchemy import bindparam, exists, func, insert, literal, select, text, update
@@ -28,6 +29,7 @@ from kiosk.audit import AuditTrail
 from kiosk.clock import Clock
 from kiosk.db import Executor, connection_of
 from kiosk.errors import (
+    AuditChainBroken,
     ConflictError,
     NotFound,
     PermissionDenied,
@@ -38,6 +40,7 @@ from kiosk.errors import (
 from kiosk.models import (
     ACTIVE_STATES,
     DAILY_ACTIVE_STATES,
+    AuditEvent,
     Compartment,
     CompartmentKind,
     Contact,
@@ -304,6 +307,105 @@ def _ref(record: Record) -> RecordRef:
     return record if isinstance(record, RecordRef) else RecordRef.of(record)
 
 
+FLAG_CHECK = "check"  # the office should look at the record (the device, the door)
+
+# What a record says happened, as its audit events record it under ``set``: every change
+# the ledger makes to one of these columns is in the event written with it, so
+# :func:`verify_records` can tell a record changed behind the ledger's back. (Not the links
+# that deleting a compartment, a kiosk or a contact sets to NULL.)
+RECORDED_FACTS = frozenset(
+    {
+        "state",
+        "pupil_id",
+        "kind",
+        "device",
+        "started_at",
+        "started_by",
+        "ended_at",
+        "ended_by",
+        "end_reason",
+        "pending_until",
+        "stored_at",
+        "confiscated_at",
+        "confiscated_by",
+        "confiscation_reason",
+        "release_not_before",
+        "ever_held",
+        "held_at",
+        "held_by",
+        "hold_reason",
+        "hold_lifted_note",
+        "collector_name",
+        "collector_relationship",
+        "id_checked",
+        "police_reference",
+        "flag",
+        "flag_detail",
+        "flagged_at",
+    }
+)
+
+
+def _fact(value: Any) -> Any:
+    """A column's value as an audit event holds it (JSON: times in UTC ISO form)."""
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).isoformat(timespec="microseconds")
+    if isinstance(value, enum.Enum):
+        return value.value
+    return value
+
+
+def verify_records(session: Session) -> int:
+    """Check every custody record against its audit events; return how many were checked.
+
+    Folding a record's events in order gives its state (``to``) and the facts each change
+    wrote (``set``); the record must hold exactly those. A record with no events at all is
+    accepted only if it started before the oldest event left (a retention purge removed its
+    history). Raises AuditChainBroken naming the first record that disagrees (without its
+    contents: some are safeguarding details)."""
+    expected: dict[int, dict[str, Any]] = {}
+    last_event: dict[int, int] = {}
+    events = session.execute(
+        select(AuditEvent.seq, AuditEvent.custody_id, AuditEvent.details)
+        .where(AuditEvent.custody_id.is_not(None), AuditEvent.kind.like("custody.%"))
+        .order_by(AuditEvent.seq)
+    )
+    for seq, custody_id, details in events:
+        try:
+            payload = json.loads(details)
+        except (TypeError, ValueError):
+            continue  # an edited event: the chain check names it
+        if not isinstance(payload, dict) or "to" not in payload:
+            continue
+        facts = expected.setdefault(custody_id, {})
+        facts["state"] = payload["to"]
+        if isinstance(payload.get("set"), dict):
+            facts.update(payload["set"])
+        last_event[custody_id] = seq
+    oldest = session.execute(
+        select(AuditEvent.occurred_at).order_by(AuditEvent.seq).limit(1)
+    ).scalar()
+    checked = 0
+    for record in session.execute(select(_RECORDS).order_by(_RECORDS.c.id)).mappings():
+        facts = expected.get(record["id"])
+        if facts is None:
+            if oldest is not None and record["started_at"] >= oldest:
+                raise AuditChainBroken(
+                    f"custody record {record['id']} has no audit events: it was written "
+                    "outside the application"
+                )
+            continue
+        for name, value in facts.items():
+            if name in RECORDED_FACTS and _fact(record[name]) != value:
+                raise AuditChainBroken(
+                    f"custody record {record['id']}: its {name} is not what its audit trail "
+                    f"says (last event seq {last_event[record['id']]}): the record was "
+                    "changed outside the application"
+                )
+        checked += 1
+    return checked
+
+
 _INSERT_RECORD = insert(_RECORDS).returning(_RECORDS.c.id)
 _STATE_OF = select(_RECORDS.c.state).where(_RECORDS.c.id == bindparam("record_id"))
 _UPDATES: dict[tuple[tuple[str, ...], bool], Any] = {}
@@ -514,6 +616,13 @@ class CustodyLedger:
                     setattr(record, name, changes[name])
 
     @staticmethod
+    def _state_now(session: Executor, ref: RecordRef) -> CustodyState:
+        """The record's state as this transaction sees it (after an unconditional write,
+        which ``ref`` may know an older state for); ``ref`` is brought up to date."""
+        ref.state = CustodyState(session.execute(_STATE_OF, {"record_id": ref.id}).scalar_one())
+        return ref.state
+
+    @staticmethod
     def _conflict(exc: IntegrityError) -> ConflictError:
         message = str(exc.orig)
         if "uq_custody_active_daily_pupil" in message or "custody_records.pupil_id" in message:
@@ -551,6 +660,7 @@ class CustodyLedger:
             source,
             transition.target,
             details,
+            written=changes,
             restricted=restricted,
         )
         if isinstance(record, RecordRef):
@@ -568,8 +678,11 @@ class CustodyLedger:
         target: CustodyState,
         details: dict[str, Any] | None = None,
         *,
+        written: Mapping[str, Any],
         restricted: bool = False,
     ) -> None:
+        """The audit event of a change to a record: ``from`` and ``to`` states, and under
+        ``set`` the recorded facts the change wrote (see :func:`verify_records`)."""
         payload: dict[str, Any] = {
             "from": source.value if source else None,
             "to": target.value,
@@ -578,6 +691,9 @@ class CustodyLedger:
         if ref.compartment is not None:
             payload["compartment"] = ref.compartment
         payload.update(details or {})
+        payload["set"] = {
+            name: _fact(value) for name, value in written.items() if name in RECORDED_FACTS
+        }
         self.audit.record(
             session,
             clock,
@@ -641,21 +757,19 @@ class CustodyLedger:
         else:
             compartment_id, number = self._take(session, kiosk, compartment)
         pending_until = now + timedelta(seconds=timeout_s)
-        record_id = self._insert(
-            session,
-            {
-                "pupil_id": pupil.id,
-                "kind": CustodyKind.DAILY,
-                "state": S.PENDING_DEPOSIT,
-                "compartment_id": compartment_id,
-                "kiosk_id": kiosk.id,
-                "device": device,
-                "started_at": now,
-                "started_by": actor.label,
-                "updated_at": now,
-                "pending_until": pending_until,
-            },
-        )
+        values = {
+            "pupil_id": pupil.id,
+            "kind": CustodyKind.DAILY,
+            "state": S.PENDING_DEPOSIT,
+            "compartment_id": compartment_id,
+            "kiosk_id": kiosk.id,
+            "device": device,
+            "started_at": now,
+            "started_by": actor.label,
+            "updated_at": now,
+            "pending_until": pending_until,
+        }
+        record_id = self._insert(session, values)
         ref = RecordRef(
             record_id,
             S.PENDING_DEPOSIT,
@@ -674,6 +788,7 @@ class CustodyLedger:
             None,
             S.PENDING_DEPOSIT,
             {"pending_until": pending_until.isoformat()},
+            written=values,
         )
         return ref
 
@@ -785,22 +900,20 @@ class CustodyLedger:
             if kiosk is not None
             else (None, None)
         )
-        record_id = self._insert(
-            session,
-            {
-                "pupil_id": pupil.id,
-                "kind": CustodyKind.CONFISCATION,
-                "state": S.CONFISCATED,
-                "compartment_id": compartment_id,
-                "kiosk_id": kiosk.id if kiosk is not None else None,
-                "device": device,
-                "started_at": now,
-                "started_by": actor.label,
-                "updated_at": now,
-                "stored_at": None if compartment_id is not None else now,
-                **confiscated,
-            },
-        )
+        values = {
+            "pupil_id": pupil.id,
+            "kind": CustodyKind.CONFISCATION,
+            "state": S.CONFISCATED,
+            "compartment_id": compartment_id,
+            "kiosk_id": kiosk.id if kiosk is not None else None,
+            "device": device,
+            "started_at": now,
+            "started_by": actor.label,
+            "updated_at": now,
+            "stored_at": None if compartment_id is not None else now,
+            **confiscated,
+        }
+        record_id = self._insert(session, values)
         ref = RecordRef(
             record_id,
             S.CONFISCATED,
@@ -821,6 +934,7 @@ class CustodyLedger:
                 "reason": reason,
                 "location": f"compartment {number}" if number is not None else "office safe",
             },
+            written=values,
         )
         new = session.get(CustodyRecord, record_id)
         assert new is not None
@@ -834,8 +948,43 @@ class CustodyLedger:
             raise TransitionError(f"custody record {ref.id} is {STATE_LABELS[ref.state]}")
         if ref.stored_at is None:
             now = clock.now()
-            self._write(session, record, {"stored_at": now, "updated_at": now}, expected=ref.state)
-            self._event(session, actor, clock, ref, "custody.stored", ref.state, ref.state)
+            changes = {"stored_at": now, "updated_at": now}
+            self._write(session, record, changes, expected=ref.state)
+            self._event(
+                session, actor, clock, ref, "custody.stored", ref.state, ref.state, written=changes
+            )
+        return record
+
+    def to_office_safe(
+        self, session: Executor, actor: Actor, clock: Clock, record: Record, *, detail: str
+    ) -> Record:
+        """A confiscated device whose secure compartment never opened is still in a member
+        of staff's hand: the record leaves the compartment (free again) for the office safe,
+        flagged for the office to check that it got there."""
+        ref = _ref(record)
+        if ref.state not in (S.CONFISCATED, S.SAFEGUARDING_HOLD) or ref.stored_at is not None:
+            raise TransitionError(f"custody record {ref.id} is not waiting to be stored")
+        now = clock.now()
+        changes = {
+            "compartment_id": None,
+            "flag": FLAG_CHECK,
+            "flag_detail": detail[:500],
+            "flagged_at": now,
+            "updated_at": now,
+        }
+        self._write(session, record, changes, expected=ref.state)
+        self._event(
+            session,
+            actor,
+            clock,
+            ref,
+            "custody.flagged",
+            ref.state,
+            ref.state,
+            {"flag": FLAG_CHECK, "detail": detail[:500], "location": "office safe"},
+            written=changes,
+        )
+        ref.compartment = None
         return record
 
     # ---------------------------------------------------------------- safeguarding
@@ -988,21 +1137,19 @@ class CustodyLedger:
         """Mark a record for the office to check (uncollected, a door found open, ...)."""
         ref = _ref(record)
         now = clock.now()
-        self._write(
-            session,
-            record,
-            {"flag": flag, "flag_detail": detail[:500], "flagged_at": now, "updated_at": now},
-            expected=None,
-        )
+        changes = {"flag": flag, "flag_detail": detail[:500], "flagged_at": now, "updated_at": now}
+        self._write(session, record, changes, expected=None)
+        state = self._state_now(session, ref)
         self._event(
             session,
             actor,
             clock,
             ref,
             "custody.flagged",
-            ref.state,
-            ref.state,
+            state,
+            state,
             {"flag": flag, "detail": detail[:500]},
+            written=changes,
         )
         return record
 
@@ -1011,23 +1158,22 @@ class CustodyLedger:
     ) -> Record:
         note = clean_text(note, "a note", max_length=500)
         ref = _ref(record)
-        if ref.flag is None:
+        cleared = ref.flag
+        if cleared is None:
             raise ValidationError(f"custody record {ref.id} is not flagged")
-        self._write(
-            session,
-            record,
-            {"flag": None, "flag_detail": None, "flagged_at": None, "updated_at": clock.now()},
-            expected=None,
-        )
+        changes = {"flag": None, "flag_detail": None, "flagged_at": None, "updated_at": clock.now()}
+        self._write(session, record, changes, expected=None)
+        state = self._state_now(session, ref)
         self._event(
             session,
             actor,
             clock,
             ref,
             "custody.flag_cleared",
-            ref.state,
-            ref.state,
-            {"flag": ref.flag, "note": note},
+            state,
+            state,
+            {"flag": cleared, "note": note},
+            written=changes,
         )
         return record
 

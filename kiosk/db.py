@@ -10,14 +10,14 @@ the audit head is locked with ``SELECT ... FOR UPDATE`` instead.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Connection, DateTime, Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.exc import ArgumentError, InvalidRequestError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 _BEGIN_OPTION = "locker_sqlite_begin"
 _SERIALIZE_OPTION = "locker_serialize_writers"
+_BEFORE_COMMIT = "locker.before_commit"
 COMMAND_CHANNEL = "locker_commands"
 
 
@@ -71,6 +72,37 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.astimezone(UTC)
 
 
+def before_commit(connection: Connection, key: str, callback: Callable[[Connection], None]) -> None:
+    """Run ``callback(connection)`` once, inside the current transaction, just before it
+    commits (once per ``key``, however often this is called); forgotten on rollback. An
+    exception from the callback fails the commit."""
+    connection.info.setdefault(_BEFORE_COMMIT, {})[key] = callback
+
+
+def run_before_commit_now(connection: Connection, key: str) -> None:
+    """Run the :func:`before_commit` callback of ``key`` now, if one is waiting (for a
+    reader inside the same transaction that must see what it will write)."""
+    callback = connection.info.get(_BEFORE_COMMIT, {}).pop(key, None)
+    if callback is not None:
+        callback(connection)
+
+
+def _install_commit_hooks(engine: Engine) -> None:
+    @event.listens_for(engine, "commit")
+    def _on_commit(connection: Connection) -> None:
+        callbacks = connection.info.pop(_BEFORE_COMMIT, None)
+        if callbacks:
+            for callback in callbacks.values():
+                callback(connection)
+
+    @event.listens_for(engine, "rollback")
+    def _on_rollback(connection: Connection) -> None:
+        if connection.invalidated:  # the DBAPI connection, and its info, are gone
+            return
+        with suppress(InvalidRequestError):  # one that failed mid-transaction: the same
+            connection.info.pop(_BEFORE_COMMIT, None)
+
+
 def _configure_sqlite(engine: Engine, busy_timeout_ms: int) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -111,11 +143,32 @@ PG_TIMEOUTS = {
     "keepalives_count": 3,  # unanswered probes: the connection is dead
     "tcp_user_timeout": 10000,  # ms that sent data may stay unacknowledged
 }
+# Settings of the server's side of each session. Every write unit locks the one audit head
+# first, so a unit whose kiosk vanished mid-transaction (a dead switch: no FIN, no RST)
+# would hold up every writer in the school until the server noticed, by default after about
+# two hours of TCP keepalive. Instead the server ends such a session in seconds, and a writer
+# waiting for a lock gives up with an error rather than waiting for ever.
+PG_SESSION_SETTINGS = {
+    "idle_in_transaction_session_timeout": "10s",  # a transaction left waiting on its client
+    "lock_timeout": "15s",  # a writer waiting for a lock (the audit head, a record)
+    "tcp_keepalives_idle": "10",  # s of silence before the server's first probe
+    "tcp_keepalives_interval": "3",
+    "tcp_keepalives_count": "3",
+    "tcp_user_timeout": "10000",  # ms: the server's unacknowledged data
+}
 
 
-def pg_timeouts(url: URL) -> dict[str, int]:
-    """PG_TIMEOUTS less what ``url`` sets itself (libpq connection parameters)."""
-    return {key: value for key, value in PG_TIMEOUTS.items() if key not in url.query}
+def pg_timeouts(url: URL) -> dict[str, int | str]:
+    """libpq connection parameters: PG_TIMEOUTS, and PG_SESSION_SETTINGS as ``options``,
+    less what ``url`` sets itself (its own ``options`` replace ours whole)."""
+    parameters: dict[str, int | str] = {
+        key: value for key, value in PG_TIMEOUTS.items() if key not in url.query
+    }
+    if "options" not in url.query:
+        parameters["options"] = " ".join(
+            f"-c {name}={value}" for name, value in PG_SESSION_SETTINGS.items()
+        )
+    return parameters
 
 
 class Database:
@@ -159,6 +212,7 @@ class Database:
                 f"[database] url: the driver for {self.dialect} is not installed ({exc.name}); "
                 "for PostgreSQL install psycopg: pip install 'psycopg[binary]'"
             ) from None
+        _install_commit_hooks(self.engine)
         if self.dialect == "sqlite":
             _configure_sqlite(self.engine, busy_timeout_ms)
             write_engine = self.engine.execution_options(**{_BEGIN_OPTION: "IMMEDIATE"})

@@ -483,10 +483,12 @@ class AuditEvent(Base):
 
 
 class AuditHead(Base):
-    """The single row naming the last event of the chain (seq and hash).
+    """The single row naming the last event of the chain (seq and hash), sealed.
 
     Appending locks it (``FOR UPDATE`` on PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite), so the
-    chain never forks; ``locker audit verify`` checks that the last event matches it.
+    chain never forks; ``locker audit verify`` checks that the last event matches it, and
+    that ``seal`` (a keyed hash of seq and hash, written at every commit that appends) is
+    right, so the head cannot be moved back to hide the most recent events.
     """
 
     __tablename__ = "audit_head"
@@ -495,6 +497,7 @@ class AuditHead(Base):
     seq: Mapped[int] = mapped_column(BigInteger)
     hash: Mapped[str] = mapped_column(String(64))
     updated_at: Mapped[datetime]
+    seal: Mapped[str | None] = mapped_column(String(64))
 
     __table_args__ = (CheckConstraint("id = 1", name="single_row"),)
 

@@ -20,7 +20,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -55,6 +55,39 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize(
             "backend", ["sqlite"] if sqlite_only else list(BACKENDS), indirect=True
         )
+
+
+_ON_POSTGRES: set[str] = set()  # node ids of the tests that run on the PostgreSQL server
+_POSTGRES_OUTCOMES: dict[str, str] = {}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        on_postgres = callspec is not None and callspec.params.get("backend") == "postgresql"
+        if on_postgres or "postgres_server" in getattr(item, "fixturenames", ()):
+            _ON_POSTGRES.add(item.nodeid)
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.nodeid in _ON_POSTGRES and (report.when == "call" or report.outcome != "passed"):
+        _POSTGRES_OUTCOMES[report.nodeid] = report.outcome
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """One line that says how much of the suite ran on a real PostgreSQL server (CI's
+    output shows the PostgreSQL half ran, not only that nothing failed)."""
+    if not _ON_POSTGRES:
+        return
+    counts = dict.fromkeys(("passed", "failed", "skipped"), 0)
+    for outcome in _POSTGRES_OUTCOMES.values():
+        counts[outcome] = counts.get(outcome, 0) + 1
+    bindir = _postgres_bin()
+    terminalreporter.write_line(
+        f"PostgreSQL ({bindir or 'not installed'}): {counts['passed']} tests passed, "
+        f"{counts['failed']} failed, {counts['skipped']} skipped, of {len(_ON_POSTGRES)} "
+        "collected"
+    )
 
 
 def _postgres_bin() -> Path | None:

@@ -181,6 +181,18 @@ def raw_sql(instance: Instance) -> Any:
     return RawPostgres(instance.database.url)
 
 
+def tamper_sql(instance: Instance) -> Any:
+    """Like :func:`raw_sql`, for someone set on editing the audit trail: the database's own
+    guard against changing an event (migration 0004) is dropped first, as anyone who can
+    write the file can. What is left to catch them is ``locker audit verify``."""
+    connection = raw_sql(instance)
+    if instance.database.is_sqlite:
+        connection.execute("DROP TRIGGER IF EXISTS trg_audit_events_append_only")
+    else:
+        connection.execute("DROP TRIGGER IF EXISTS trg_audit_events_append_only ON audit_events")
+    return connection
+
+
 def integrity_errors() -> tuple[type[BaseException], ...]:
     """What a refused statement raises, on either database."""
     import sqlite3

@@ -12,10 +12,10 @@ from sqlalchemy import select
 
 from kiosk.actors import Actor
 from kiosk.audit import AuditTrail
-from kiosk.errors import AuditChainBroken
-from kiosk.models import AuditEvent
+from kiosk.errors import AuditChainBroken, InstanceError
+from kiosk.models import AuditEvent, AuditHead
 
-from .conftest import make_instance, raw_sql
+from .conftest import integrity_errors, make_instance, raw_sql, tamper_sql
 
 ACTOR = Actor.system("test")
 
@@ -37,7 +37,7 @@ def write_events(instance, clock, count: int = 6) -> None:
 
 
 def raw(instance):
-    return raw_sql(instance)
+    return tamper_sql(instance)
 
 
 def verify(instance):
@@ -98,6 +98,73 @@ def test_removing_the_newest_events_is_detected(instance, clock):
         connection.execute("DELETE FROM audit_events WHERE seq >= ?", (head - 1,))
     with pytest.raises(AuditChainBroken, match="most recent events were removed"):
         verify(instance)
+
+
+def test_moving_the_head_back_over_removed_events_is_detected(instance, clock):
+    """The newest event removed and the head pointed at the one before, as it was then:
+    without the site secret the head's seal cannot be made to match."""
+    write_events(instance, clock)
+    with raw(instance) as connection:
+        head = connection.execute("SELECT MAX(seq) FROM audit_events").fetchone()[0]
+        connection.execute("DELETE FROM audit_events WHERE seq = ?", (head,))
+        connection.execute(
+            "UPDATE audit_head SET seq = ?, hash = (SELECT hash FROM audit_events WHERE seq = ?)",
+            (head - 1, head - 1),
+        )
+    with pytest.raises(AuditChainBroken, match=rf"head \(seq {head - 1}\) is not sealed"):
+        verify(instance)
+
+
+def test_emptying_the_trail_is_detected(instance, clock):
+    write_events(instance, clock)
+    with raw(instance) as connection:
+        connection.execute("DELETE FROM audit_events")
+        connection.execute("UPDATE audit_head SET seq = 0, hash = ?, seal = NULL", ("0" * 64,))
+    with pytest.raises(AuditChainBroken, match=r"head \(seq 0\) is not sealed"):
+        verify(instance)
+
+
+def test_the_head_is_sealed_at_every_commit_that_appends(instance, clock):
+    for count in (1, 3):
+        write_events(instance, clock, count)
+        with instance.database.reader() as session:
+            head = session.get(AuditHead, 1)
+            assert head.seal == instance.audit.seal_of(head.seq, head.hash)
+    with instance.database.transaction() as session:  # nothing appended: nothing rewritten
+        instance.audit.record(session, clock, ACTOR, "test.rolled_back")
+        session.rollback()
+    verify(instance)
+
+
+def test_the_database_refuses_to_change_an_event(instance, clock):
+    write_events(instance, clock)
+    with raw_sql(instance) as connection, pytest.raises(integrity_errors(), match="never changed"):
+        connection.execute("UPDATE audit_events SET details = '{}' WHERE seq = 2")
+    verify(instance)
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "named"),
+    [
+        ("occurred_at", "garbage", "seq 3 was edited"),
+        ("details", b"\x00\xff", "seq 3 .* was edited"),
+        ("seq", "x", "events 3..3 were removed"),
+    ],
+)
+def test_a_field_that_no_longer_parses_is_named_not_a_crash(tmp_path, column, value, named):
+    """SQLite keeps any value in any column: an edit can leave one the application cannot
+    even read (PostgreSQL's column types refuse such values themselves)."""
+    from kiosk.clock import ManualClock
+
+    from .conftest import SCHOOL_MORNING
+
+    instance = make_instance(tmp_path / "instance")
+    write_events(instance, ManualClock(SCHOOL_MORNING))
+    with raw(instance) as connection:
+        connection.execute(f"UPDATE audit_events SET {column} = ? WHERE seq = 3", (value,))
+    with pytest.raises(AuditChainBroken, match=named):
+        verify(instance)
+    instance.close()
 
 
 def test_reordering_events_is_detected(instance, clock):
@@ -243,3 +310,22 @@ def test_the_head_follows_every_inserted_event_even_from_raw_sql(instance, clock
     assert head == (999, "h999")
     with pytest.raises(AuditChainBroken):  # and verification still refuses the forgery
         verify(instance)
+
+
+def test_a_machine_with_another_secret_is_told_to_copy_the_right_one(instance, clock, tmp_path):
+    write_events(instance, clock)
+    with instance.database.reader() as session:
+        instance.audit.check_key(session)  # its own secret: fine
+    other = make_instance(tmp_path / "other")
+    with instance.database.reader() as session, pytest.raises(InstanceError, match=r"secret\.key"):
+        other.audit.check_key(session)
+    other.close()
+
+
+def test_an_empty_database_belongs_to_anybody(tmp_path):
+    instance = make_instance(tmp_path / "i")
+    with raw(instance) as connection:
+        connection.execute("DELETE FROM audit_events")
+    with instance.database.reader() as session:
+        instance.audit.check_key(session)
+    instance.close()

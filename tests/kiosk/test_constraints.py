@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from kiosk.custody import allowed_edges, initial_states
+from kiosk.custody import RECORDED_FACTS, allowed_edges, initial_states
 from kiosk.instance import Instance
 from kiosk.migrate import MIGRATIONS
 from kiosk.models import ACTIVE_STATES, CustodyState
@@ -124,7 +124,7 @@ def test_hold_needs_a_reason_and_the_ever_held_mark(raw):
 def test_ever_held_cannot_be_cleared(raw):
     record = insert(raw, "CONFISCATED", kind="confiscation", compartment=21)
     set_state(raw, record, "SAFEGUARDING_HOLD", hold_reason="concern", ever_held=True)
-    set_state(raw, record, "CONFISCATED")
+    set_state(raw, record, "CONFISCATED", hold_lifted_note="checked")
     with pytest.raises(INTEGRITY, match="never change back"):
         raw.execute("UPDATE custody_records SET ever_held = ? WHERE id = ?", (False, record))
 
@@ -157,6 +157,7 @@ def test_every_edge_outside_the_table_is_refused_and_every_edge_in_it_allowed(ra
                     "id_checked": True,
                     "police_reference": "P1",
                     "hold_reason": "x",
+                    "hold_lifted_note": "n",
                     "ever_held": True,
                     "pending_until": NOW,
                 }
@@ -198,6 +199,56 @@ def _record_in(raw: Any, state: CustodyState) -> int:
             ever_held=True,
         )
     return record
+
+
+def test_a_hold_is_lifted_only_with_a_note(raw):
+    record = insert(raw, "CONFISCATED", kind="confiscation", compartment=21)
+    set_state(raw, record, "SAFEGUARDING_HOLD", hold_reason="concern", ever_held=True)
+    with pytest.raises(INTEGRITY, match="lifted only with a note"):
+        set_state(raw, record, "CONFISCATED")
+    set_state(raw, record, "CONFISCATED", hold_lifted_note="spoke to the DSL")
+
+
+@pytest.mark.parametrize(
+    ("column", "value"),
+    [
+        ("collector_name", "Someone else"),
+        ("collector_relationship", "uncle"),
+        ("id_checked", False),
+        ("ended_at", "2026-09-08 07:00:00.000000"),
+        ("ended_by", "user:mallory"),
+        ("confiscation_reason", "edited"),
+        ("release_not_before", "2026-09-07 15:00:00.000000"),
+    ],
+)
+def test_the_facts_of_a_finished_record_never_change(raw, column, value):
+    record = insert(
+        raw, "CONFISCATED", kind="confiscation", compartment=21, confiscation_reason="phone out"
+    )
+    set_state(
+        raw,
+        record,
+        "RELEASED_TO_PARENT",
+        ended_at=NOW,
+        collector_name="Jo",
+        collector_relationship="mother",
+        id_checked=True,
+        ended_by="user:office",
+    )
+    with pytest.raises(INTEGRITY, match="facts of a finished record never change"):
+        raw.execute(f"UPDATE custody_records SET {column} = ? WHERE id = ?", (value, record))
+    # Its flag may still change: the office can be asked to look at it.
+    raw.execute(
+        "UPDATE custody_records SET flag = 'check', flag_detail = 'x', flagged_at = ?, "
+        "version = version + 1 WHERE id = ?",
+        (NOW, record),
+    )
+
+
+def test_a_police_reference_is_final(raw):
+    record = _record_in(raw, CustodyState.HANDED_TO_POLICE)
+    with pytest.raises(INTEGRITY, match="facts of a finished record never change"):
+        raw.execute("UPDATE custody_records SET police_reference = 'NONE' WHERE id = ?", (record,))
 
 
 def test_new_records_start_only_as_pending_or_confiscated(raw):
@@ -283,9 +334,9 @@ def test_a_card_has_exactly_one_holder(raw):
         )
 
 
-def _migration():
-    path = next((MIGRATIONS / "versions").glob("0001_*.py"))
-    spec = importlib.util.spec_from_file_location("migration_0001", path)
+def _migration(number: str = "0001"):
+    path = next((MIGRATIONS / "versions").glob(f"{number}_*.py"))
+    spec = importlib.util.spec_from_file_location(f"migration_{number}", path)
     module = importlib.util.module_from_spec(spec)
     assert spec.loader is not None
     spec.loader.exec_module(module)
@@ -299,3 +350,20 @@ def test_the_migrations_guard_matches_the_transition_table():
     } == allowed_edges()
     assert {CustodyState(s) for s in migration.INITIAL_STATES} == initial_states()
     assert {CustodyState(s) for s in migration.ACTIVE_STATES} == set(ACTIVE_STATES)
+
+
+def test_the_final_facts_guard_covers_what_the_audit_trail_records():
+    """Migration 0004 freezes the facts of a finished record; each of them is one the ledger
+    records in its events (so ``audit verify`` would catch an edit the guard let through)."""
+    migration = _migration("0004")
+    assert set(migration.FINAL_FACTS) <= RECORDED_FACTS
+    assert {CustodyState(s) for s in migration.TERMINAL_STATES} == set(CustodyState) - set(
+        ACTIVE_STATES
+    )
+    # Only the office's flag, and links a deletion may clear, are left out.
+    assert RECORDED_FACTS - set(migration.FINAL_FACTS) == {
+        "pending_until",
+        "flag",
+        "flag_detail",
+        "flagged_at",
+    }

@@ -15,6 +15,7 @@ from kiosk.actors import Actor
 from kiosk.clock import ManualClock
 from kiosk.custody import TRANSITIONS, Operation
 from kiosk.errors import (
+    AuditChainBroken,
     ConflictError,
     PermissionDenied,
     PolicyError,
@@ -33,7 +34,7 @@ from kiosk.models import (
     Role,
 )
 
-from .conftest import add_pupil, deposit, main_kiosk, make_instance, staff_actor
+from .conftest import add_pupil, deposit, main_kiosk, make_instance, raw_sql, staff_actor
 
 KIOSK = Actor.for_kiosk("main")
 
@@ -532,3 +533,101 @@ def test_every_operation_names_an_audit_event_kind():
         )
     }
     assert set(TRANSITIONS) == set(Operation)
+
+
+# ------------------------------------------------------------ records against their trail
+
+
+def history(instance: Instance, clock: ManualClock) -> dict[str, int]:
+    """A day's records through the ledger: one in a locker, one held, one released to a
+    parent, one flagged and cleared. Returns their ids by name."""
+    ids = {}
+    with instance.database.transaction() as session:
+        ledger = instance.ledger
+        in_locker = deposit(ledger, session, clock, add_pupil(session, clock, "1001"))
+        held = deposit(ledger, session, clock, add_pupil(session, clock, "1002"))
+        released = deposit(ledger, session, clock, add_pupil(session, clock, "1003"))
+        teacher = staff_actor(session, clock, Role.STAFF)
+        dsl = staff_actor(session, clock, Role.DSL)
+        ledger.hold(session, teacher, clock, held, reason="urgent referral")
+        ledger.confiscate(
+            session, teacher, clock, pupil=released.pupil, record=released, reason="phone out"
+        )
+        ledger.flag(session, KIOSK, clock, in_locker, flag="check", detail="door left open")
+        ledger.clear_flag(session, dsl, clock, in_locker, note="shut it")
+        afternoon(clock)
+        ledger.release_to_parent(
+            session,
+            dsl,
+            clock,
+            released,
+            id_checked=True,
+            collector_name="Jo T",
+            relationship="mother",
+        )
+        ids.update(in_locker=in_locker.id, held=held.id, released=released.id)
+    return ids
+
+
+def verify(instance: Instance):
+    with instance.database.reader() as session:
+        return instance.audit.verify(session)
+
+
+def test_every_record_agrees_with_its_trail(instance, clock):
+    history(instance, clock)
+    assert verify(instance).records == 3
+
+
+def test_a_cleared_flag_records_the_flag_it_cleared(instance, clock):
+    ids = history(instance, clock)
+    with instance.database.reader() as session:
+        cleared = [e for e in events(session, ids["in_locker"]) if e.kind == "custody.flag_cleared"]
+    assert json.loads(cleared[0].details)["flag"] == "check"
+
+
+@pytest.mark.parametrize(
+    ("name", "sql"),
+    [
+        # Allowed by every database guard, but written behind the ledger's back.
+        ("held", "UPDATE custody_records SET state = 'CONFISCATED', hold_lifted_note = 'x'"),
+        ("in_locker", "UPDATE custody_records SET device = 'someone else''s phone'"),
+        ("in_locker", "UPDATE custody_records SET flag = 'uncollected'"),
+        ("held", "UPDATE custody_records SET hold_reason = 'nothing to see'"),
+        ("in_locker", "UPDATE custody_records SET stored_at = NULL"),
+    ],
+)
+def test_a_record_changed_outside_the_ledger_is_named(instance, clock, name, sql):
+    ids = history(instance, clock)
+    with raw_sql(instance) as connection:
+        connection.execute(f"{sql} WHERE id = ?", (ids[name],))
+    with pytest.raises(AuditChainBroken, match=rf"custody record {ids[name]}: its \w+ is not"):
+        verify(instance)
+
+
+def test_a_finished_record_edited_with_the_guards_dropped_is_named(instance, clock):
+    ids = history(instance, clock)
+    with raw_sql(instance) as connection:
+        if instance.database.is_sqlite:
+            connection.execute("DROP TRIGGER trg_custody_final_guard")
+        else:
+            connection.execute("DROP TRIGGER trg_custody_final_guard ON custody_records")
+        connection.execute(
+            "UPDATE custody_records SET collector_name = 'A Stranger' WHERE id = ?",
+            (ids["released"],),
+        )
+    with pytest.raises(AuditChainBroken, match=rf"record {ids['released']}: its collector_name"):
+        verify(instance)
+
+
+def test_a_record_written_outside_the_ledger_is_named(instance, clock):
+    history(instance, clock)
+    with raw_sql(instance) as connection:
+        connection.execute(
+            "INSERT INTO custody_records (pupil_id, kind, state, started_at, started_by, "
+            "updated_at, ever_held, id_checked, version, confiscation_reason) "
+            "VALUES (1, 'confiscation', 'CONFISCATED', ?, 'sql', ?, ?, ?, 1, 'x')",
+            ("2026-09-07 12:00:00.000000", "2026-09-07 12:00:00.000000", False, False),
+        )
+    with pytest.raises(AuditChainBroken, match="has no audit events"):
+        verify(instance)

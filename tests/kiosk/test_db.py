@@ -10,11 +10,13 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect, select
 
 from kiosk import migrate
-from kiosk.db import PG_TIMEOUTS, Database
-from kiosk.errors import ConfigError
+from kiosk.actors import Actor
+from kiosk.clock import ManualClock
+from kiosk.db import PG_SESSION_SETTINGS, PG_TIMEOUTS, Database
+from kiosk.errors import AuditChainBroken, ConfigError
 from kiosk.models import Base, Kiosk, Pupil, PupilStatus
 
-from .conftest import make_instance
+from .conftest import SCHOOL_MORNING, make_instance
 
 
 @pytest.mark.sqlite_only
@@ -78,6 +80,55 @@ def test_postgresql_connections_notice_a_dead_network_in_seconds(postgres_server
     }
 
 
+@pytest.mark.usefixtures("postgres_server")
+def test_postgresql_ends_a_session_whose_client_vanished_mid_transaction(postgres_server):
+    """The server's side of every session: a transaction idle on its client is ended, a
+    writer waiting for a lock gives up, and the server probes a silent client itself."""
+    database = Database(postgres_server.url("postgres"))
+    try:
+        with database.engine.connect() as connection:
+            shown = {
+                name: connection.exec_driver_sql(f"SHOW {name}").scalar()
+                for name in PG_SESSION_SETTINGS
+            }
+    finally:
+        database.dispose()
+    assert shown == {
+        "idle_in_transaction_session_timeout": "10s",
+        "lock_timeout": "15s",
+        "tcp_keepalives_idle": "10",
+        "tcp_keepalives_interval": "3",
+        "tcp_keepalives_count": "3",
+        "tcp_user_timeout": "10000",
+    }
+
+
+def test_a_writer_gone_silent_mid_transaction_does_not_stop_the_others(tmp_path, postgres_server):
+    """A kiosk takes the audit head's lock and its network dies (it never speaks again):
+    the server ends that session after its idle timeout, and the next writer goes on."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    from kiosk.db import pg_timeouts
+
+    instance = make_instance(tmp_path / "i", database_url=postgres_server.new_database())
+    url = make_url(instance.database.url)
+    silent = psycopg.connect(
+        host=url.host, port=url.port, user=url.username, dbname=url.database, **pg_timeouts(url)
+    )
+    try:
+        silent.execute("SELECT seq FROM audit_head WHERE id = 1 FOR UPDATE")  # and then nothing
+        with instance.database.transaction() as session:  # waits for the lock, then gets it
+            instance.audit.record(session, ManualClock(SCHOOL_MORNING), Actor.system("t"), "t.x")
+        with pytest.raises(psycopg.errors.IdleInTransactionSessionTimeout):
+            silent.execute("SELECT 1")  # its session was ended by the server
+    finally:
+        silent.close()
+    with instance.database.reader() as session:
+        assert instance.audit.verify(session).events >= 1
+    instance.close()
+
+
 def test_times_come_back_aware_utc_and_naive_times_are_refused(instance, clock):
     bst = timezone(timedelta(hours=1))
     written = datetime(2026, 9, 7, 8, 15, 30, 123456, tzinfo=bst)
@@ -137,8 +188,13 @@ def test_downgrade_then_upgrade_round_trips(tmp_path, database_url):
     tables = set(inspect(instance.database.engine).get_table_names())
     assert tables <= {"alembic_version"}
     migrate.upgrade(instance.database)
-    with instance.database.reader() as session:
+    # A head nobody has sealed yet is not taken on trust; the first event seals it.
+    with instance.database.reader() as session, pytest.raises(AuditChainBroken, match="sealed"):
         instance.audit.verify(session)
+    with instance.database.transaction() as session:
+        instance.audit.record(session, ManualClock(SCHOOL_MORNING), Actor.system("t"), "t.x")
+    with instance.database.reader() as session:
+        assert instance.audit.verify(session).events == 1
     instance.close()
 
 
