@@ -4,8 +4,8 @@
 #     sudo /opt/locker/src/install/uninstall-pi.sh
 #
 # Removes: the systemd units and timers (stopped and disabled first), the application in
-# /opt/locker (virtual environment and source copy), /usr/local/bin/locker, and the
-# `locker` user. Keeps: /var/lib/locker (the database and the site secret), /etc/locker
+# /opt/locker (every release: virtual environment and source copy), /usr/local/bin/locker,
+# and the `locker` and `locker-web` users and the `locker` group. Keeps: /var/lib/locker (the database and the site secret), /etc/locker
 # (the configuration) and /var/backups/locker; they are handed to root so that no later
 # user that happens to get the old user id can read them. Installing again
 # (install/install-pi.sh) picks them up as they are. SPI, I2C and the system packages are
@@ -21,6 +21,8 @@ BACKUPS=/var/backups/locker
 UNITDIR=/etc/systemd/system
 WRAPPER=/usr/local/bin/locker
 USER_NAME=locker
+WEB_USER=locker-web
+DATA_GROUP=locker
 UNITS="locker-kiosk.service locker-web.service locker-backup.service locker-backup.timer
 locker-retention.service locker-retention.timer locker-sweep.service locker-sweep.timer
 locker-screen@.service"
@@ -30,7 +32,7 @@ usage() {
     cat <<EOF
 Usage: sudo $0 [--root DIR]
 
-Remove the phone locker's services, application and user; keep its data
+Remove the phone locker's services, application and users; keep its data
 ($STATE, $ETC, $BACKUPS).
 EOF
 }
@@ -106,13 +108,13 @@ if [ -f "$R$WRAPPER" ] && grep -q 'install/install-pi.sh' "$R$WRAPPER"; then
 fi
 if [ -d "$R$APP" ]; then
     rm -rf "$R$APP"
-    say "removed $APP (the application and its virtual environment)"
+    say "removed $APP (the application: its releases and virtual environments)"
 fi
 
 # ------------------------------------------------------------------------------ user
 
-# The data outlives the user: hand it to root first, so that no user created later with
-# the same id could read it. A new install gives it back to the new locker user.
+# The data outlives the users: hand it to root first, so that no user or group created
+# later with the same id could read it. A new install gives it back to the new locker user.
 for dir in "$R$STATE" "$R$ETC" "$R$BACKUPS"; do
     if [ -d "$dir" ]; then
         if [ -z "$R" ] && mountpoint -q "$dir" 2>/dev/null; then
@@ -123,13 +125,15 @@ for dir in "$R$STATE" "$R$ETC" "$R$BACKUPS"; do
 done
 ROOT_OPTS=()
 [ -z "$R" ] || ROOT_OPTS=(--root "$R")
-if grep -q "^$USER_NAME:" "$R/etc/passwd"; then
-    userdel "${ROOT_OPTS[@]}" "$USER_NAME"
-    say "removed user $USER_NAME"
-fi
-if grep -q "^$USER_NAME:" "$R/etc/group"; then
-    groupdel "${ROOT_OPTS[@]}" "$USER_NAME"
-    say "removed group $USER_NAME"
+for user in "$WEB_USER" "$USER_NAME"; do
+    if grep -q "^$user:" "$R/etc/passwd"; then
+        userdel "${ROOT_OPTS[@]}" "$user"
+        say "removed user $user"
+    fi
+done
+if grep -q "^$DATA_GROUP:" "$R/etc/group"; then
+    groupdel "${ROOT_OPTS[@]}" "$DATA_GROUP"
+    say "removed group $DATA_GROUP"
 fi
 
 # ------------------------------------------------------------------------------ kept

@@ -13,7 +13,9 @@ time, saying on ``out`` what to look at or do:
    a door that did not open while its lock was energised is a failure (a jammed latch, no
    power to the solenoid, a loose wire, the wrong ``lock_active_high``, or a reed switch
    that does not see its magnet);
-5. a card held on the reader is read and its UID printed (for ``locker card enrol``).
+5. a card held on the reader is read and its UID printed (for ``locker card enrol``); on
+   the simulator, a simulated person holds a test card (:data:`SIM_CARD`) on the reader
+   after a moment, so ``locker selftest --sim`` passes from end to end.
 
 It never opens a compartment that holds a device (an active custody record: a pupil's
 phone, a confiscated device, a safeguarding hold): those are skipped and named. It refuses
@@ -56,6 +58,10 @@ Out = Callable[[str], None]
 LED_COLOURS = ("red", "green", "blue")
 #: Extra seconds allowed for a pulse to end after the time it was granted.
 PULSE_GRACE_S = 2.0
+#: The card the simulated person holds on the simulated reader when asked for one.
+SIM_CARD = "04C0FFEE"
+#: How long the simulated person takes to hold it there.
+SIM_CARD_DELAY_S = 0.5
 
 
 def run_selftest(
@@ -69,6 +75,7 @@ def run_selftest(
     show_s: float = 0.8,
     compartments: Iterable[int] | None = None,
     on_open: Callable[[Cabinet], None] | None = None,
+    sim_card: str | None = SIM_CARD,
 ) -> bool:
     """Check the cabinet of ``instance`` part by part; True when everything worked.
 
@@ -78,7 +85,8 @@ def run_selftest(
     at most ``max_unlock_s``); ``door_wait_s`` how long to wait for a door to be shut;
     ``show_s`` how long each LED colour is shown. ``compartments`` limits the lock test to
     those numbers (default: all). ``on_open`` is called with the opened cabinet before the
-    checks (tests use it to reach ``cabinet.sim``).
+    checks (tests use it to reach ``cabinet.sim``). ``sim_card`` is the card the simulated
+    person holds on the simulated reader when the card is asked for (None: nobody does).
 
     Raises ConfigError for a bad ``[hardware]`` table; every hardware failure is reported
     on ``out`` and makes the result False.
@@ -132,7 +140,7 @@ def run_selftest(
         for number in to_pulse:
             _check_lock(cabinet, run, number, pulse_s, door_wait_s)
         if card_wait_s > 0:
-            _check_card(cabinet, run, card_wait_s)
+            _check_card(cabinet, run, card_wait_s, sim_card if cabinet.sim is not None else None)
         else:
             out("card: skipped (--card-wait 0)")
         return run.finish(cabinet)
@@ -311,12 +319,18 @@ def _check_lock(
     run.out(f"compartment {number}: ok (unlocked, door opened and shut)")
 
 
-def _check_card(cabinet: Cabinet, run: _Run, wait_s: float) -> None:
+def _check_card(cabinet: Cabinet, run: _Run, wait_s: float, sim_card: str | None) -> None:
     reader = cabinet.reader
     run.out(f"card: hold a card on the reader (waiting {wait_s:g} s)")
-    deadline = time.monotonic() + wait_s
+    started = time.monotonic()
+    deadline = started + wait_s
     last_error: str | None = None
+    presented: str | None = None
     while time.monotonic() < deadline:
+        if sim_card is not None and time.monotonic() - started >= SIM_CARD_DELAY_S:
+            run.out(f"card: (simulator) a test card, UID {sim_card}, is held on the reader")
+            cabinet.sim.present_card(sim_card)
+            presented, sim_card = sim_card, None
         try:
             tap = reader.poll_once()
         except HardwareError as exc:
@@ -329,6 +343,8 @@ def _check_card(cabinet: Cabinet, run: _Run, wait_s: float) -> None:
                 f"card: ok, UID {tap.uid_hex} (to give it to a pupil: "
                 f"locker card enrol ADMISSION_NO {tap.uid_hex}; to staff: add --staff)"
             )
+            if presented is not None:
+                cabinet.sim.remove_card(presented)  # the simulated person takes it back
             return
         time.sleep(cabinet.spec.reader.poll_s)
     reason = f"; the last reader error: {last_error}" if last_error else ""

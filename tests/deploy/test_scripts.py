@@ -3,6 +3,7 @@ screen's search for the display), and the shell scripts' syntax (shellcheck)."""
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ from kiosk.actors import Actor
 from kiosk.clock import SystemClock
 from kiosk.instance import Instance
 
+from ..conftest import PostgresServer
 from .conftest import INSTALL, clean_env, locker_program, require_tool, run
 
 SCRIPTS = sorted(INSTALL.glob("*.sh"))
@@ -85,6 +87,91 @@ def test_backup_refuses_a_missing_stick(home: Path, tmp_path: Path) -> None:
     assert list(backups.iterdir()) == []
     result = backup(home, tmp_path / "nowhere", tmp_path)
     assert result.returncode == 1 and "does not exist" in result.stderr
+
+
+@pytest.fixture
+def postgres_home(tmp_path: Path, postgres_server: PostgresServer) -> Path:
+    """A Pi of a school with a shared PostgreSQL database (migrated, kiosk registered)."""
+    home = tmp_path / "pi"
+    home.mkdir()
+    url = postgres_server.new_database()
+    (home / "config.toml").write_text(
+        f'[database]\nurl = "{url}"\n[kiosk]\nname = "form-7a"\n', encoding="utf-8"
+    )
+    instance, _ = Instance.create(home, env={})
+    with instance.database.transaction() as session:
+        cabinets.register(
+            session, Actor.system("test"), SystemClock(), instance.audit, instance.config.kiosk
+        )
+    instance.close()
+    return home
+
+
+def backup_sets(backups: Path) -> dict[str, set[str]]:
+    sets: dict[str, set[str]] = {}
+    for path in backups.iterdir():
+        stem, _, suffix = path.name.partition(".")
+        sets.setdefault(stem, set()).add(suffix)
+    return sets
+
+
+def test_backup_on_postgresql_keeps_this_pis_secret_and_config(
+    postgres_home: Path, tmp_path: Path
+) -> None:
+    """Every Pi's nightly backup works on PostgreSQL: it keeps the Pi's own secret.key and
+    config.toml; the database is dumped by one designated machine, not by every Pi."""
+    backups = tmp_path / "backups"
+    backups.mkdir()
+    old = [f"locker-2026010{day}-020000" for day in (1, 2)]
+    for stem in old:
+        for suffix in (".secret.key", ".config.toml"):
+            (backups / f"{stem}{suffix}").write_text("old", encoding="utf-8")
+    result = backup(postgres_home, backups, tmp_path, LOCKER_BACKUP_KEEP="2")
+    assert result.returncode == 0, result.stderr
+    assert "it is dumped by the machine with LOCKER_BACKUP_PG_DUMP=yes" in result.stdout
+    sets = backup_sets(backups)
+    new = [stem for stem in sets if stem not in old]
+    assert len(new) == 1 and sets[new[0]] == {"secret.key", "config.toml"}
+    assert set(sets) == {old[1], new[0]}  # the oldest set went
+    assert f"removed old backup {backups / old[0]}.secret.key, .config.toml" in result.stdout
+    secret = backups / f"{new[0]}.secret.key"
+    assert secret.read_bytes() == (postgres_home / "secret.key").read_bytes()
+    assert secret.stat().st_mode & 0o777 == 0o600
+    assert (backups / f"{new[0]}.config.toml").read_text(encoding="utf-8") == (
+        postgres_home / "config.toml"
+    ).read_text(encoding="utf-8")
+
+
+def test_backup_on_postgresql_dumps_the_database_on_the_designated_machine(
+    postgres_home: Path, tmp_path: Path, postgres_server: PostgresServer
+) -> None:
+    backups = tmp_path / "backups"
+    backups.mkdir()
+    path = f"{postgres_server.bindir}:{os.environ.get('PATH', '/usr/bin:/bin')}"
+    result = backup(postgres_home, backups, tmp_path, LOCKER_BACKUP_PG_DUMP="yes", PATH=path)
+    assert result.returncode == 0, result.stderr
+    (stem, suffixes), *others = backup_sets(backups).items()
+    assert others == [] and suffixes == {"pgdump", "secret.key", "config.toml"}
+    dump = backups / f"{stem}.pgdump"
+    assert dump.stat().st_mode & 0o777 == 0o600
+    listing = run(
+        [str(postgres_server.bindir / "pg_restore"), "--list", str(dump)], env=clean_env()
+    )
+    assert listing.returncode == 0, listing.stderr
+    assert "TABLE public audit_events" in listing.stdout
+    assert "TABLE DATA public kiosks" in listing.stdout
+
+
+def test_backup_refuses_a_bad_pg_dump_setting(home: Path, tmp_path: Path) -> None:
+    backups = tmp_path / "backups"
+    backups.mkdir()
+    result = backup(home, backups, tmp_path, LOCKER_BACKUP_PG_DUMP="maybe")
+    assert result.returncode == 1 and "LOCKER_BACKUP_PG_DUMP=maybe" in result.stderr
+    # With SQLite the setting does not matter (and does not upset the configuration).
+    result = backup(home, backups, tmp_path, LOCKER_BACKUP_PG_DUMP="yes")
+    assert result.returncode == 0, result.stderr
+    (_stem, suffixes), *others = backup_sets(backups).items()
+    assert others == [] and suffixes == {"db", "secret.key", "config.toml"}
 
 
 @pytest.mark.parametrize("keep", ["0", "many", "-1", "3x"])

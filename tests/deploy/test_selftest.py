@@ -3,6 +3,7 @@ simulator: real drivers, emulated chips, a simulated person who opens each unloc
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,7 +18,9 @@ from kiosk.clock import SystemClock
 from kiosk.errors import ValidationError
 from kiosk.instance import Instance
 from kiosk.models import AuditEvent, Kiosk, Pupil, PupilStatus
-from kiosk.selftest import run_selftest, safe_state
+from kiosk.selftest import SIM_CARD, run_selftest, safe_state
+
+from .conftest import clean_env, run
 
 CARD = "04A1B2C3"
 FAST = {"pulse_s": 0.1, "door_wait_s": 2.0, "show_s": 0.02}
@@ -78,7 +81,9 @@ class Bench:
 
 
 def selftest(instance: Instance, bench: Bench, **options) -> bool:
-    settings = {**FAST, "card_wait_s": 3.0, **options}
+    """The self-test with the bench's technician, who holds a card (or not) when asked; the
+    simulator's own test card stays out of it."""
+    settings = {**FAST, "card_wait_s": 3.0, "sim_card": None, **options}
     return run_selftest(instance, simulate=True, out=bench.out, on_open=bench.on_open, **settings)
 
 
@@ -133,6 +138,30 @@ def test_no_card_fails(instance: Instance) -> None:
     bench = Bench(card=None)
     assert not selftest(instance, bench, card_wait_s=0.3, compartments=[1])
     assert "FAIL card: no card was read in 0.3 s" in bench.lines
+
+
+def test_on_the_simulator_a_test_card_is_held_when_asked_for(instance: Instance) -> None:
+    """`locker selftest --sim` with its defaults passes: nobody taps a simulated reader, so
+    the simulator holds its own test card on it when the self-test asks for one."""
+    bench = Bench(card=None)
+    options = {**FAST, "card_wait_s": 5.0, "compartments": [1]}
+    assert run_selftest(instance, simulate=True, out=bench.out, on_open=bench.on_open, **options)
+    assert f"card: (simulator) a test card, UID {SIM_CARD}, is held on the reader" in bench.lines
+    assert f"card: ok, UID {SIM_CARD}" in bench.text
+    assert bench.lines[-1] == "selftest passed"
+
+
+def test_selftest_sim_from_the_command_line(instance: Instance) -> None:
+    home = str(instance.home)
+    instance.close()
+    command = [sys.executable, "-m", "kiosk", "--home", home, "selftest", "--sim"]
+    result = run([*command, "--compartment", "2", "--pulse", "0.2"], env=clean_env())
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert "compartment 2: unlocked for 0.2 s: pull the door open" in lines
+    assert "compartment 1: unlocked" not in result.stdout
+    assert f"card: ok, UID {SIM_CARD}" in result.stdout
+    assert lines[-1] == "selftest passed"
 
 
 def test_a_door_switch_stuck_open_fails(instance: Instance) -> None:

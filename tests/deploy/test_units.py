@@ -137,9 +137,12 @@ def test_kiosk_unit_settings() -> None:
 
 
 def test_web_unit_settings() -> None:
+    """The web app runs as its own user, not the kiosk's: group locker gives it the data,
+    and it has no device group and no device node."""
     unit = parse_unit(UNITS / "locker-web.service")
     assert value(unit, "Service", "ExecStart") == "/opt/locker/venv/bin/locker web"
-    assert value(unit, "Service", "User") == "locker"
+    assert value(unit, "Service", "User") == "locker-web"
+    assert value(unit, "Service", "Group") == "locker"
     assert value(unit, "Service", "PrivateDevices") == "yes"
     assert values(unit, "Service", "SupplementaryGroups") == []
     assert values(unit, "Service", "DeviceAllow") == []
@@ -187,6 +190,8 @@ def test_timers_start_their_service(timer: str, command: str) -> None:
 def test_backup_unit_writes_only_state_and_backups() -> None:
     unit = parse_unit(UNITS / "locker-backup.service")
     assert value(unit, "Service", "ReadWritePaths") == "/var/lib/locker /var/backups/locker"
+    # pg_dump of a shared PostgreSQL database goes over the network
+    assert value(unit, "Service", "RestrictAddressFamilies") == "AF_UNIX AF_INET AF_INET6"
     assert value(unit, "Unit", "RequiresMountsFor") == "/var/backups/locker"
     assert value(unit, "Service", "EnvironmentFile") == "-/etc/locker/backup.env"
 
