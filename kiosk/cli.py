@@ -5,12 +5,20 @@ Every command works on the instance directory named by ``--home`` or ``LOCKER_HO
 a one-line message on stderr and a non-zero exit status, never a traceback; ``--debug``
 shows the traceback of an unexpected failure. Logging is configured here, once, to stderr
 (journald picks it up under systemd).
+
+Errors become messages in one place: the ``locker`` group's :meth:`LockerGroup.invoke`
+turns what a user's mistake or a damaged instance raises from below (an output file in a
+directory that does not exist, a database that is not one, a schema newer than this
+software) into a :class:`~kiosk.errors.LockerError`, and :func:`main` prints every
+LockerError on one line with its exit status.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import sqlite3
 import sys
 from dataclasses import dataclass, field
 from datetime import date
@@ -19,23 +27,25 @@ from typing import Any, NoReturn
 
 import click
 from sqlalchemy import select
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from kiosk import backup as backup_module
 from kiosk import cabinets, cards, demo, exemptions, migrate, reports, retention, roster, users
 from kiosk import config as config_module
 from kiosk.actors import Actor
 from kiosk.clock import Clock, SystemClock
-from kiosk.errors import ImportRejected, LockerError, ValidationError
+from kiosk.errors import ImportRejected, InstanceError, LockerError, ValidationError
 from kiosk.export import export_pupil
 from kiosk.instance import Instance, resolve_home
 from kiosk.models import CustodyRecord, CustodyState, Role
 from kiosk.pupils import find_by_admission
 
-log = logging.getLogger("kiosk.cli")
+log = logging.getLogger(__name__)
 
 EX_USAGE = 2
+EX_DATAERR = 65  # the database file is damaged
 EX_SOFTWARE = 70
+EX_IOERR = 74  # a file named on the command line (or the instance) cannot be used
 EX_TEMPFAIL = 75  # systemd restarts the kiosk: the server may be back by then
 PROGRESS_THRESHOLD = 200
 
@@ -50,9 +60,16 @@ class CliState:
     def instance(self) -> Instance:
         """The opened instance, its schema checked (``locker init`` upgrades it)."""
         if self._instance is None:
-            instance = Instance.open(self.home)
+            instance = self.open_instance()
+            refuse_newer_schema(instance.database)
             migrate.ensure_current(instance.database)
-            self._instance = instance
+        assert self._instance is not None
+        return self._instance
+
+    def open_instance(self) -> Instance:
+        """The instance, opened without looking at the database (closed with the command)."""
+        if self._instance is None:
+            self._instance = Instance.open(self.home, hardware=_hardware_schema())
         return self._instance
 
     @property
@@ -61,6 +78,111 @@ class CliState:
 
 
 pass_state = click.make_pass_decorator(CliState)
+
+
+def refuse_newer_schema(database: Any) -> None:
+    """InstanceError when the database's schema revision is unknown to this software: a
+    newer version wrote it, and this one must not touch it (``locker init`` cannot
+    "upgrade" it; only the newer software can use it)."""
+    from alembic.script import ScriptDirectory
+
+    current = migrate.current_revision(database)
+    if current is None:
+        return
+    script = ScriptDirectory.from_config(migrate.alembic_config())
+    try:
+        known = script.get_revision(current) is not None
+    except Exception:  # alembic: ResolutionError, CommandError for an unknown revision
+        known = False
+    if not known:
+        raise InstanceError(
+            f"the database {database.safe_url} was written by a newer version of the phone "
+            f"locker software (schema {current}; this version knows up to "
+            f"{migrate.head_revision()}): upgrade the software to that version or later "
+            "(docs/operations.md, Upgrading); this version leaves the database untouched"
+        )
+
+
+class LockerGroup(click.Group):
+    """The ``locker`` group: what a command raises from below is translated here, once."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except Exception as exc:
+            translated = translate_error(exc, ctx.obj if isinstance(ctx.obj, CliState) else None)
+            if translated is None:
+                raise
+            log.debug("%s", translated, exc_info=True)  # the original traceback, with -vv
+            raise translated from exc
+
+
+class _Translated(LockerError):
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+# SQLite's primary result codes for a file that is not a database, or a damaged one.
+_SQLITE_NOTADB, _SQLITE_CORRUPT = 26, 11
+
+
+def translate_error(exc: BaseException, state: CliState | None) -> LockerError | None:
+    """A one-line LockerError for what a command raised from below, or None to leave it
+    (to :func:`main`: usage errors, a database server out of reach, a bug)."""
+    if isinstance(exc, LockerError | click.ClickException | click.exceptions.Exit):
+        return None
+    if isinstance(exc, DBAPIError) and isinstance(exc.orig, sqlite3.DatabaseError):
+        code = getattr(exc.orig, "sqlite_errorcode", None)
+        if code is not None and code & 0xFF in (_SQLITE_NOTADB, _SQLITE_CORRUPT):
+            return _Translated(
+                f"the database {_database_path(state)} is damaged or is not a phone locker "
+                f"database ({exc.orig}): restore it from the latest backup "
+                "(docs/operations.md, Restoring); keep the damaged file aside, do not delete it",
+                EX_DATAERR,
+            )
+        return None
+    if isinstance(exc, OSError):
+        return _Translated(describe_os_error(exc), EX_IOERR)
+    return None
+
+
+def _database_path(state: CliState | None) -> str:
+    instance = state._instance if state is not None else None
+    if instance is not None:
+        return str(instance.sqlite_path or instance.database.safe_url)
+    return str(resolve_home(state.home if state is not None else None) / "locker.db")
+
+
+def describe_os_error(exc: OSError) -> str:
+    """What went wrong with a file, and what to do: one line."""
+    reason = (exc.strerror or str(exc) or type(exc).__name__).rstrip(".")
+    if exc.filename is None:
+        return f"cannot read or write a file: {reason}"
+    path = Path(os.fsdecode(exc.filename))
+    if isinstance(exc, FileNotFoundError):
+        if not path.parent.is_dir():
+            missing = next(
+                (p for p in reversed([path.parent, *path.parent.parents]) if not p.exists()),
+                path.parent,
+            )
+            return (
+                f"cannot use {path}: the directory {missing} does not exist; create it or "
+                "choose another place"
+            )
+        return f"{path} does not exist"
+    if isinstance(exc, IsADirectoryError):
+        return f"{path} is a directory: give a file name"
+    if isinstance(exc, NotADirectoryError):
+        blocker = next((p for p in [*path.parents][::-1] if p.exists() and not p.is_dir()), None)
+        where = f"{blocker} is a file, not a directory" if blocker else "not a directory"
+        return f"cannot use {path}: {where}"
+    if isinstance(exc, PermissionError):
+        return (
+            f"cannot use {path}: permission denied; choose a place you may write to (or "
+            "run the command as the user that owns it)"
+        )
+    return f"cannot use {path}: {reason}"
 
 
 def configure_logging(verbose: int) -> None:
@@ -73,7 +195,11 @@ def configure_logging(verbose: int) -> None:
     )
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]}, no_args_is_help=True)
+@click.group(
+    cls=LockerGroup,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    no_args_is_help=True,
+)
 @click.option(
     "--home",
     metavar="DIR",
@@ -98,6 +224,17 @@ def _hardware_keys() -> list[tuple[str, str, str]]:
     return [(key.name, key.default, key.doc) for key in DOCUMENTED_KEYS]
 
 
+def _hardware_schema() -> config_module.HardwareSchema:
+    """The [hardware] keys and their validation (pure Python: no hardware is touched), so a
+    bad LOCKER_HARDWARE_* variable is refused naming the variable. (The web process loads
+    the configuration without it: it never imports the hardware layer.)"""
+    from hardware.spec import DOCUMENTED_KEYS, CabinetSpec
+
+    return config_module.HardwareSchema(
+        keys=[key.name for key in DOCUMENTED_KEYS], check=CabinetSpec.from_mapping
+    )
+
+
 # ------------------------------------------------------------------------------ init
 
 
@@ -106,10 +243,13 @@ def _hardware_keys() -> list[tuple[str, str, str]]:
 @pass_state
 def init(state: CliState, with_demo: bool) -> None:
     """Create or upgrade the instance: directory, secret, config, database schema."""
-    instance, created = Instance.create(state.home, hardware_keys=_hardware_keys())
+    instance, created = Instance.create(
+        state.home, hardware_keys=_hardware_keys(), hardware=_hardware_schema()
+    )
     state._instance = instance
     for item in created:
-        click.echo(f"created {item}")
+        click.echo(item if item.startswith("made ") else f"created {item}")
+    refuse_newer_schema(instance.database)
     before, after = migrate.upgrade(instance.database)
     if before != after:
         click.echo(f"database {instance.database.safe_url}: schema {before or 'new'} -> {after}")
@@ -165,9 +305,13 @@ def config_check(state: CliState) -> None:
 
     instance = state.instance()
     spec = cabinet_spec(instance.config)
+    source = instance.config.hardware_source("compartments")
+    layout = ""
+    if source == config_module.HARDWARE_COMPARTMENTS_DEFAULT and spec.backend != "sim":
+        layout = ", the default layout: no [hardware] compartments pin map (docs/hardware.md)"
     click.echo(
         f"{instance.home / config_module.CONFIG_FILENAME}: ok "
-        f"({len(spec.compartments)} compartments, {spec.backend} hardware)"
+        f"({len(spec.compartments)} compartments, {spec.backend} hardware{layout})"
     )
 
 
@@ -242,6 +386,8 @@ def roster_import(
     click.echo(prefix + summary.describe())
     if summary.ignored_columns:
         click.echo(f"ignored columns (not stored): {', '.join(summary.ignored_columns)}")
+    for line in summary.warnings():
+        click.echo(line)
 
 
 # ------------------------------------------------------------------------------ cards
@@ -316,7 +462,8 @@ def user_add(
     terminal, generated and printed once)."""
     parsed_role = users.parse_role(role)
     username = users.check_username(username)
-    password, generated = _new_password(username, password_stdin)
+    site_name = state.open_instance().config.site.name
+    password, generated = _new_password(username, password_stdin, site_name)
     instance = state.instance()
     with instance.database.transaction() as session:
         users.add_user(
@@ -328,6 +475,7 @@ def user_add(
             role=parsed_role,
             password=password,
             display_name=display_name,
+            site_name=site_name,
         )
     click.echo(f"user {username} added ({parsed_role.value})")
     if generated:
@@ -340,17 +488,20 @@ def user_add(
 @pass_state
 def user_password(state: CliState, username: str, password_stdin: bool) -> None:
     """Set a new password for USERNAME (asked for, read from stdin, or generated)."""
-    password, generated = _new_password(username, password_stdin)
+    site_name = state.open_instance().config.site.name
+    password, generated = _new_password(username, password_stdin, site_name)
     instance = state.instance()
     with instance.database.transaction() as session:
         user = users.find_user(session, username)
-        users.set_password(session, state.actor, state.clock, instance.audit, user, password)
+        users.set_password(
+            session, state.actor, state.clock, instance.audit, user, password, site_name=site_name
+        )
     click.echo(f"password of {user.username} changed")
     if generated:
         click.echo(f"password (shown only now): {password}")
 
 
-def _new_password(username: str, from_stdin: bool) -> tuple[str, bool]:
+def _new_password(username: str, from_stdin: bool, site_name: str) -> tuple[str, bool]:
     """A password from stdin, a terminal prompt, or generated; checked for strength."""
     generated = False
     if from_stdin:
@@ -360,8 +511,8 @@ def _new_password(username: str, from_stdin: bool) -> tuple[str, bool]:
     elif sys.stdin.isatty():
         password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
     else:
-        password, generated = users.generate_password(username), True
-    users.check_password(password, username)
+        password, generated = users.generate_password(username, site_name=site_name), True
+    users.check_password(password, username, site_name=site_name)
     return password, generated
 
 
@@ -524,15 +675,16 @@ def export_pupil_command(state: CliState, admission_number: str, output: Path | 
 
 
 @cli.command()
-@click.argument("dest", type=click.Path(path_type=Path))
+@click.argument("dest", type=click.Path())
 @click.option(
     "--include-secret",
     is_flag=True,
     help="Also copy the site secret and config (needed to restore onto a new SD card).",
 )
 @pass_state
-def backup(state: CliState, dest: Path, include_secret: bool) -> None:
-    """Copy the database to DEST (a file or a directory), consistent while the kiosk runs."""
+def backup(state: CliState, dest: str, include_secret: bool) -> None:
+    """Copy the database to DEST (a new file, or an existing directory), consistent while the
+    kiosk runs; the copy is readable by its owner only (mode 0600)."""
     instance = state.instance()
     source = instance.sqlite_path
     if source is None:
@@ -687,7 +839,7 @@ def kiosk_command(state: CliState, sim: bool, sim_auto_open: bool) -> None:
 
     # The schema is checked by run_kiosk: a kiosk with an offline copy starts without the
     # database.
-    run_kiosk(Instance.open(state.home), simulate=sim, auto_open=sim_auto_open)
+    run_kiosk(state.open_instance(), simulate=sim, auto_open=sim_auto_open)
 
 
 @cli.command("selftest")

@@ -8,17 +8,26 @@ from, e.g. ``config.toml [policy] deposit_window: expected HH:MM-HH:MM, got '7.3
 
 Environment variables are ``LOCKER_<SECTION>_<KEY>`` in capitals, e.g.
 ``LOCKER_POLICY_TIMEZONE=Europe/London`` or ``LOCKER_DATABASE_URL=postgresql+psycopg://...``.
+Any other ``LOCKER_*`` variable is an error naming it (a misspelt override must not be
+ignored in silence), except the few of :data:`OTHER_VARIABLES` and :data:`OTHER_PREFIXES`
+that the instance directory and the install's scripts use.
+
 The ``[hardware]`` table belongs to the hardware layer: it is passed through as read (with
-``LOCKER_HARDWARE_*`` overrides as strings) and validated by :mod:`hardware.spec`.
+``LOCKER_HARDWARE_*`` overrides as strings) and validated by :mod:`hardware.spec`, which this
+module never imports (the web process loads the configuration too). A caller that may import
+it passes a :class:`HardwareSchema`, so that an unknown or bad ``LOCKER_HARDWARE_*`` variable
+is refused at load naming the variable. ``[hardware] compartments`` defaults to ``[kiosk]
+compartments`` (laid out by the default layout), so a fresh instance checks out.
 """
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
 import re
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import time
 from pathlib import Path
@@ -34,6 +43,25 @@ log = logging.getLogger(__name__)
 CONFIG_FILENAME = "config.toml"
 ENV_PREFIX = "LOCKER_"
 ROLES = ("staff", "office", "dsl", "admin")
+
+#: ``LOCKER_*`` variables that are not settings, and what sets or reads them. Every other
+#: ``LOCKER_*`` variable must name a key (``LOCKER_<SECTION>_<KEY>``)...
+OTHER_VARIABLES: dict[str, str] = {
+    "LOCKER_HOME": "the instance directory (like --home)",
+    "LOCKER_BIN": "the locker program the nightly backup script runs (install/locker-backup.sh)",
+}
+#: ... or start with one of these, kept for the install's scripts (they check their own).
+OTHER_PREFIXES: dict[str, str] = {
+    "LOCKER_BACKUP_": "settings of the nightly backup script (install/locker-backup.sh)",
+    "LOCKER_SCREEN_": "settings of the kiosk screen script (install/locker-screen.sh)",
+}
+
+
+def _not_a_setting(variable: str) -> bool:
+    """``variable`` is one of :data:`OTHER_VARIABLES` or :data:`OTHER_PREFIXES`."""
+    return variable in OTHER_VARIABLES or variable.startswith(tuple(OTHER_PREFIXES))
+
+
 NAME_DISPLAYS = ("first_name_initial", "first_name", "initials", "none")
 
 
@@ -462,6 +490,19 @@ class WebConfig:
 
 
 @dataclass(frozen=True)
+class HardwareSchema:
+    """What the hardware layer says about the ``[hardware]`` table, for :func:`load`.
+
+    ``keys`` are the names the table accepts; ``check`` (optional) validates a whole table
+    and raises a ValueError whose ``key`` attribute names the culprit as the hardware layer
+    writes it (``[hardware].compartments``, ``[hardware].compartments.3.lock``).
+    """
+
+    keys: Collection[str]
+    check: Callable[[Mapping[str, Any]], object] | None = None
+
+
+@dataclass(frozen=True)
 class Config:
     site: SiteConfig
     database: DatabaseConfig
@@ -470,6 +511,17 @@ class Config:
     web: WebConfig
     hardware: dict[str, Any] = field(default_factory=dict)
     home: Path | None = None
+    #: Where each key of ``hardware`` came from: ``config.toml [hardware] NAME``,
+    #: ``environment LOCKER_HARDWARE_NAME``, ``setting [hardware] NAME`` or ``default ...``.
+    hardware_sources: dict[str, str] = field(default_factory=dict, compare=False)
+
+    def hardware_source(self, key: str | None) -> str:
+        """Where the ``[hardware]`` key named by a hardware error's ``key`` was set
+        (``[hardware].compartments.3`` -> the source of ``compartments``), for messages."""
+        name = hardware_key_name(key)
+        if name is None:
+            return "config.toml [hardware]"
+        return self.hardware_sources.get(name, f"config.toml [hardware] {name}")
 
     def database_url(self) -> str:
         """The configured URL, or the SQLite file in the instance directory."""
@@ -490,6 +542,31 @@ _SECTION_TYPES = {
 }
 
 
+_HARDWARE_KEY_RE = re.compile(r"^(?:\[hardware\]\.?)?([A-Za-z0-9_]+)")
+
+
+def hardware_key_name(key: str | None) -> str | None:
+    """The top-level ``[hardware]`` name in a hardware error's key: ``compartments`` for
+    ``[hardware].compartments.3.lock``; None when there is none."""
+    match = _HARDWARE_KEY_RE.match(key or "")
+    return match[1] if match else None
+
+
+def _env_names(hardware_keys: Collection[str] | None) -> list[str]:
+    names = [key.env for key in KEYS]
+    names += [f"{ENV_PREFIX}HARDWARE_{name.upper()}" for name in hardware_keys or ()]
+    return names + list(OTHER_VARIABLES)
+
+
+def _unknown_variable(variable: str, hardware_keys: Collection[str] | None) -> ConfigError:
+    close = difflib.get_close_matches(variable.upper(), _env_names(hardware_keys), n=1)
+    hint = f"did you mean {close[0]}? " if close else ""
+    return ConfigError(
+        f"environment {variable}: not a setting; {hint}settings are LOCKER_<SECTION>_<KEY> "
+        "(see `locker config reference`): correct the name or unset the variable"
+    )
+
+
 def defaults() -> dict[str, dict[str, Any]]:
     return {
         section: {name: key.default for name, key in keys.items()}
@@ -501,19 +578,26 @@ def load(
     home: Path | None,
     env: Mapping[str, str] | None = None,
     overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    *,
+    hardware: HardwareSchema | None = None,
 ) -> Config:
     """Load and validate the configuration of the instance directory ``home``.
 
     Layers, later wins: the defaults of :data:`KEYS`, ``home/config.toml`` if it exists,
     ``LOCKER_<SECTION>_<KEY>`` variables of ``env`` (default ``os.environ``), then
-    ``overrides`` (used by ``locker demo`` and tests). Raises ConfigError naming the key.
+    ``overrides`` (used by ``locker demo`` and tests). Raises ConfigError naming the key
+    and where it came from; a ``LOCKER_*`` variable that names no key (and is not one of
+    :data:`OTHER_VARIABLES` or :data:`OTHER_PREFIXES`) is an error too. With ``hardware``,
+    a ``LOCKER_HARDWARE_*`` variable must name a key of it, and a bad value of one is
+    refused naming the variable.
     """
     env = os.environ if env is None else env
     raw: dict[str, dict[str, tuple[Any, str]]] = {
         section: {name: (value, "default") for name, value in values.items()}
         for section, values in defaults().items()
     }
-    hardware: dict[str, Any] = {}
+    hardware_table: dict[str, Any] = {}
+    sources: dict[str, str] = {}
 
     if home is not None:
         path = home / CONFIG_FILENAME
@@ -528,7 +612,8 @@ def load(
                 if not isinstance(values, dict):
                     raise ConfigError(f"{path}: {section} must be a table [{section}]")
                 if section == "hardware":
-                    hardware.update(values)
+                    hardware_table.update(values)
+                    sources.update({name: f"{path} [hardware] {name}" for name in values})
                     continue
                 for name, value in values.items():
                     if name not in _KEYS_BY_SECTION[section]:
@@ -538,20 +623,27 @@ def load(
                         )
                     raw[section][name] = (value, f"{path} [{section}] {name}")
 
-    for variable, value in env.items():
-        if not variable.startswith(ENV_PREFIX):
+    hardware_keys = None if hardware is None else set(hardware.keys)
+    from_env: dict[str, str] = {}  # [hardware] name -> the variable that set it
+    for variable, value in sorted(env.items()):
+        if not variable.startswith(ENV_PREFIX) or _not_a_setting(variable):
             continue
         rest = variable[len(ENV_PREFIX) :].lower()
         section, _, name = rest.partition("_")
-        if section == "hardware" and name:
-            hardware[name] = value
+        if section == "hardware" and name and (hardware_keys is None or name in hardware_keys):
+            hardware_table[name] = value
+            sources[name] = from_env[name] = f"environment {variable}"
         elif section in _KEYS_BY_SECTION and name in _KEYS_BY_SECTION[section]:
             raw[section][name] = (value, f"environment {variable}")
+        else:
+            raise _unknown_variable(variable, hardware_keys)
 
     for section, values in (overrides or {}).items():
         for name, value in values.items():
             if section == "hardware":
-                hardware[name] = value
+                hardware_table[name] = value
+                sources[name] = f"setting [hardware] {name}"
+                from_env.pop(name, None)
             elif name in _KEYS_BY_SECTION.get(section, {}):
                 raw[section][name] = (value, f"setting [{section}] {name}")
             else:
@@ -586,18 +678,62 @@ def load(
             f"window opens ({policy['collection_window']})"
         )
 
+    if "compartments" not in hardware_table:
+        # The cabinet has [kiosk] compartments compartments; without a pin map of its own
+        # they are laid out by the hardware layer's default layout.
+        hardware_table["compartments"] = kiosk["compartments"]
+        sources["compartments"] = HARDWARE_COMPARTMENTS_DEFAULT
+    if from_env and hardware is not None and hardware.check is not None:
+        _check_hardware_from_env(hardware_table, from_env, hardware.check)
+
     sections = {name: _SECTION_TYPES[name](**values) for name, values in parsed.items()}
-    return Config(**sections, hardware=hardware, home=home)
+    return Config(**sections, hardware=hardware_table, home=home, hardware_sources=sources)
+
+
+HARDWARE_COMPARTMENTS_DEFAULT = "default [hardware] compartments (= [kiosk] compartments)"
+
+
+def _check_hardware_from_env(
+    table: Mapping[str, Any],
+    from_env: Mapping[str, str],
+    check: Callable[[Mapping[str, Any]], object],
+) -> None:
+    """Refuse a bad ``LOCKER_HARDWARE_*`` value naming the variable. A mistake elsewhere in
+    the table is left to whoever opens the cabinet (the kiosk, ``locker config check``):
+    the web process and most commands never need the cabinet."""
+    try:
+        check(table)
+    except ValueError as exc:
+        key = getattr(exc, "key", None)
+        name = hardware_key_name(key)
+        if name not in from_env:
+            return
+        message = str(exc)
+        if key and message.startswith(key):
+            message = from_env[name] + message[len(key) :]  # "environment LOCKER_... = 'x' is"
+        else:
+            message = f"{from_env[name]}: {message}"
+        raise ConfigError(f"{message} (the variable sets [hardware] {name})") from None
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
     try:
-        with path.open("rb") as handle:
-            return tomllib.load(handle)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        data = path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02X} on line {line}): it must be "
+            "a TOML text file saved as UTF-8; restore it from a backup or write a new one "
+            "with `locker config example`"
+        ) from None
+    try:
+        return tomllib.loads(text.removeprefix("\ufeff"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
 
 
 def _toml_value(value: Any) -> str:
@@ -608,6 +744,25 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, list | tuple):
         return "[" + ", ".join(_toml_value(item) for item in value) + "]"
     return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _hardware_documented(
+    hardware_keys: list[tuple[str, str, str]] | None,
+) -> list[tuple[str, str, str, str]]:
+    """The documented [hardware] keys as (name, default as TOML text, default as shown in
+    the reference, doc), with the default :func:`load` gives ``compartments``."""
+    keys = []
+    for name, default, doc in hardware_keys or []:
+        shown = default
+        if name == "compartments":
+            default = _toml_value(_KEYS_BY_SECTION["kiosk"]["compartments"].default)
+            shown = "[kiosk] compartments"
+            doc = (
+                f"{doc} Default: the number of [kiosk] compartments, in the default layout "
+                "(write the pin map out for more than six; see docs/hardware.md)."
+            )
+        keys.append((name, default, shown, doc))
+    return keys
 
 
 def example(
@@ -627,10 +782,10 @@ def example(
     for section in SECTIONS:
         lines += ["", f"[{section}]"]
         if section == "hardware":
-            keys = hardware_keys or []
+            keys = _hardware_documented(hardware_keys)
             if not keys:
                 lines.append("# See the hardware documentation in the README.")
-            for name, default, doc in keys:  # defaults come as TOML text
+            for name, default, _shown, doc in keys:  # defaults come as TOML text
                 lines.append(f"# {doc}")
                 if name in values.get(section, {}):
                     lines.append(f"{name} = {_toml_value(values[section][name])}")
@@ -661,13 +816,17 @@ def reference(hardware_keys: list[tuple[str, str, str]] | None = None) -> str:
         "Settings are read from the defaults below, then `config.toml` in the instance "
         "directory (`--home`, `$LOCKER_HOME`, `./instance`; on a Pi `/etc/locker/config.toml` "
         "is linked there), then environment variables `LOCKER_<SECTION>_<KEY>`. A bad value "
-        "stops the program with a message naming the key and where it came from.",
+        "stops the program with a message naming the key and where it came from; so does a "
+        "`LOCKER_*` variable that names no key, except these, which are not settings:",
+        "",
+        *(f"- `{name}`: {purpose}" for name, purpose in OTHER_VARIABLES.items()),
+        *(f"- `{prefix}*`: {purpose}" for prefix, purpose in OTHER_PREFIXES.items()),
     ]
     for section in SECTIONS:
         lines += ["", f"## [{section}]", "", "| key | default | meaning |", "|---|---|---|"]
         if section == "hardware":
-            for name, default, doc in hardware_keys or []:
-                lines.append(f"| `{name}` | `{cell(default)}` | {cell(doc)} |")
+            for name, _default, shown, doc in _hardware_documented(hardware_keys):
+                lines.append(f"| `{name}` | `{cell(shown)}` | {cell(doc)} |")
             continue
         for name, key in _KEYS_BY_SECTION[section].items():
             lines.append(f"| `{name}` | `{cell(_toml_value(key.default))}` | {cell(key.doc)} |")

@@ -24,7 +24,7 @@ from typing import Any
 
 from kiosk import config as config_module
 from kiosk.audit import AuditTrail
-from kiosk.config import Config
+from kiosk.config import Config, HardwareSchema
 from kiosk.custody import CustodyLedger
 from kiosk.db import Database
 from kiosk.errors import InstanceError
@@ -63,6 +63,31 @@ def _read_secret(path: Path) -> bytes:
     return secret
 
 
+def _make_private_database(path: Path) -> str | None:
+    """Create the empty SQLite file ``path`` with mode 0600 before SQLite first opens it
+    (SQLite gives its -wal and -shm files the database file's mode), or take an existing
+    one's group and other permissions away. Returns what was done, for the CLI to report."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    else:
+        os.close(fd)
+        return f"database file {path} (mode 0600)"
+    changed = []
+    for item in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        try:
+            mode = stat.S_IMODE(item.stat().st_mode)
+            if item.is_file() and mode & 0o077:
+                item.chmod(mode & 0o700)
+                changed.append(f"{item.name} (was {mode:o})")
+        except FileNotFoundError:
+            continue
+    if changed:
+        return f"made the database private (mode 0600): {', '.join(changed)}"
+    return None
+
+
 def _write_private(path: Path, text: str) -> None:
     """Create ``path`` with mode 0600 (refuses to overwrite)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -70,6 +95,13 @@ def _write_private(path: Path, text: str) -> None:
         handle.write(text)
         handle.flush()
         os.fsync(handle.fileno())
+
+
+def _not_a_directory(path: Path) -> str:
+    return (
+        f"{path} is a file, not an instance directory: give --home (or LOCKER_HOME) the "
+        "directory that holds config.toml, the database and the site secret"
+    )
 
 
 class Instance:
@@ -87,12 +119,16 @@ class Instance:
         *,
         env: Mapping[str, str] | None = None,
         overrides: Mapping[str, Mapping[str, Any]] | None = None,
+        hardware: HardwareSchema | None = None,
     ) -> Instance:
         path = resolve_home(home)
+        if path.exists() and not path.is_dir():
+            raise InstanceError(_not_a_directory(path))
         if not path.is_dir():
             raise InstanceError(f"{path} does not exist: run `locker init` (or pass --home)")
         secret = _read_secret(path / SECRET_FILENAME)
-        return cls(path, config_module.load(path, env=env, overrides=overrides), secret)
+        config = config_module.load(path, env=env, overrides=overrides, hardware=hardware)
+        return cls(path, config, secret)
 
     @classmethod
     def create(
@@ -101,13 +137,24 @@ class Instance:
         *,
         env: Mapping[str, str] | None = None,
         hardware_keys: list[tuple[str, str, str]] | None = None,
+        hardware: HardwareSchema | None = None,
     ) -> tuple[Instance, list[str]]:
         """Create what is missing of the instance directory (never overwrites anything).
 
-        Returns the instance and a list of what was created, for the CLI to report.
+        Returns the instance and a list of what was created, for the CLI to report. The
+        SQLite database file is created empty with mode 0600 (its schema comes from
+        :func:`kiosk.migrate.upgrade`): it holds children's data.
         """
         path = resolve_home(home)
         created: list[str] = []
+        if path.exists() and not path.is_dir():
+            raise InstanceError(_not_a_directory(path))
+        for parent in path.parents:
+            if parent.exists() and not parent.is_dir():
+                raise InstanceError(
+                    f"cannot create the instance directory {path}: {parent} is a file, "
+                    "not a directory"
+                )
         if not path.exists():
             path.mkdir(parents=True, mode=0o750)
             created.append(f"directory {path}")
@@ -121,7 +168,13 @@ class Instance:
                 config_module.example(hardware_keys=hardware_keys), encoding="utf-8"
             )
             created.append(f"configuration {config_path} (every key commented, with defaults)")
-        return cls.open(path, env=env), created
+        instance = cls.open(path, env=env, hardware=hardware)
+        database = instance.sqlite_path
+        if database is not None and database.parent.is_dir():
+            done = _make_private_database(database)
+            if done:
+                created.append(done)
+        return instance, created
 
     # ------------------------------------------------------------------ keys
 

@@ -30,7 +30,7 @@ from kiosk.actors import Actor
 from kiosk.audit import AuditTrail
 from kiosk.clock import Clock
 from kiosk.errors import ImportRejected
-from kiosk.models import Contact, Pupil, PupilStatus
+from kiosk.models import Contact, CustodyRecord, CustodyState, Pupil, PupilStatus
 
 CANONICAL = (
     "admission_number",
@@ -228,6 +228,25 @@ class ParsedRoster:
     sha256: str
 
 
+@dataclass(frozen=True)
+class LeftInCustody:
+    """A pupil the import marked as left while a device of theirs is in the school's care
+    (in a locker, confiscated, or under safeguarding hold): the office must act on it."""
+
+    admission_number: str
+    name: str
+    form: str
+    record_id: int
+    state: CustodyState
+    where: str  # "compartment 7 of kiosk main", or "office"
+
+    def describe(self) -> str:
+        return (
+            f"{self.admission_number} {self.name} ({self.form}): custody record "
+            f"{self.record_id} is {self.state.value}, {self.where}"
+        )
+
+
 @dataclass
 class ImportSummary:
     rows: int = 0
@@ -237,6 +256,21 @@ class ImportSummary:
     rejoined: int = 0
     left: int = 0
     ignored_columns: list[str] = field(default_factory=list)
+    #: Pupils marked as left whose device is still in custody, one entry per record.
+    left_in_custody: list[LeftInCustody] = field(default_factory=list)
+
+    def warnings(self) -> list[str]:
+        """What the office must act on after this import, one line each."""
+        if not self.left_in_custody:
+            return []
+        pupils = len({entry.admission_number for entry in self.left_in_custody})
+        return [
+            f"warning: {pupils} pupil{'s' if pupils != 1 else ''} marked as left still "
+            f"{'have' if pupils != 1 else 'has'} a device in the school's care; their card no "
+            "longer works at the kiosk, so the office must return or release each device "
+            "(or re-import them if they are still on roll):",
+            *(f"  {entry.describe()}" for entry in self.left_in_custody),
+        ]
 
     def describe(self) -> str:
         parts = [
@@ -351,7 +385,6 @@ def parse_roster(data: bytes) -> ParsedRoster:
         row_problems, row = _check_row(start, record, columns, seen)
         problems.extend(row_problems)
         if row is not None:
-            seen.setdefault(row.admission_number.upper(), start)
             rows.append(row)
     if problems:
         shown = problems[:MAX_PROBLEMS_SHOWN]
@@ -398,6 +431,10 @@ def _check_row(
         problems.append(
             f"line {line}: admission number {admission} is also on line {seen[admission.upper()]}"
         )
+    elif admission:
+        # Seen even when this line has other problems: a later line with the same number is
+        # a duplicate to report as well, not something to find on the next attempt.
+        seen[admission.upper()] = line
     contacts: list[tuple[str, str]] = []
     for number in (1, 2):
         name, relation = values[f"contact{number}_name"], values[f"contact{number}_relationship"]
@@ -493,6 +530,7 @@ def import_roster(
     for pupil in to_leave:
         pupil.status, pupil.left_at, pupil.updated_at = PupilStatus.LEFT, now, now
     summary.left = len(to_leave)
+    summary.left_in_custody = _in_custody(session, to_leave)
     session.flush()
     audit.record(
         session,
@@ -509,9 +547,63 @@ def import_roster(
             "rejoined": summary.rejoined,
             "left": summary.left,
             "ignored_columns": summary.ignored_columns,
+            "left_in_custody": [
+                {
+                    "pupil": entry.admission_number,
+                    "record": entry.record_id,
+                    "state": entry.state.value,
+                }
+                for entry in summary.left_in_custody
+            ],
         },
     )
     return summary
+
+
+#: Custody states in which a device is in the school's care and must be handed back (or
+#: released, or passed to the police) by someone: a pupil who has left cannot use the kiosk.
+IN_CUSTODY_STATES = (
+    CustodyState.PENDING_DEPOSIT,
+    CustodyState.IN_LOCKER,
+    CustodyState.CONFISCATED,
+    CustodyState.SAFEGUARDING_HOLD,
+)
+
+
+def _in_custody(session: Session, pupils: list[Pupil]) -> list[LeftInCustody]:
+    if not pupils:
+        return []
+    by_id = {pupil.id: pupil for pupil in pupils}
+    found: list[LeftInCustody] = []
+    ids = list(by_id)
+    for chunk in range(0, len(ids), 500):  # stay below the bound-parameter limit
+        records = session.execute(
+            select(CustodyRecord)
+            .where(
+                CustodyRecord.pupil_id.in_(ids[chunk : chunk + 500]),
+                CustodyRecord.state.in_(IN_CUSTODY_STATES),
+            )
+            .options(selectinload(CustodyRecord.compartment))
+        ).scalars()
+        for record in records:
+            pupil = by_id[record.pupil_id]
+            compartment = record.compartment
+            where = (
+                f"compartment {compartment.number} of kiosk {compartment.kiosk.name}"
+                if compartment is not None
+                else "office"
+            )
+            found.append(
+                LeftInCustody(
+                    admission_number=pupil.admission_number,
+                    name=f"{pupil.forename} {pupil.surname}",
+                    form=pupil.form,
+                    record_id=record.id,
+                    state=record.state,
+                    where=where,
+                )
+            )
+    return sorted(found, key=lambda entry: (entry.admission_number.upper(), entry.record_id))
 
 
 def _update(session: Session, pupil: Pupil, row: RosterRow, now: object) -> bool:

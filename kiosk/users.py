@@ -1,9 +1,11 @@
 """Staff accounts, passwords (argon2id) and API tokens.
 
 There are no default passwords: every account gets its password from the person who creates
-it (``--password-stdin``) or a generated one printed once. Weak passwords are refused: fewer
-than 12 characters, fewer than 6 different characters, a well-known password (also in
-look-alike spelling such as ``P@ssw0rd``, or repeated), or one that contains the user name.
+it (``--password-stdin``) or a generated one printed once. Weak passwords are refused, with
+a message saying why: fewer than 12 characters or 6 different ones, the user name or the
+school's name in it, a word repeated, or a password made of well-known passwords and words
+(also in look-alike spelling such as ``P@ssw0rd``), keyboard runs (``qwertyuiop``), runs of
+the alphabet or digits (``abcdefgh``, ``123456``) and years (:func:`check_password`).
 API tokens are random, shown once, and stored as SHA-256.
 """
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import random
 import re
 import secrets
 from dataclasses import dataclass
@@ -41,60 +44,156 @@ class StaffRef:
 
 
 MIN_PASSWORD_LENGTH = 12
+MIN_DISTINCT_CHARACTERS = 6
+#: How much of a password must be its own: characters (a letter counts 1, a digit or symbol
+#: 1/2) that are not part of a common word, a keyboard or alphabet run, a year or a repeat.
+MIN_ORIGINAL = 6
+_ANALYSED = 128  # characters of a password looked at (a longer one is long enough)
 _hasher = PasswordHasher()
 _USERNAME = re.compile(r"^[a-z0-9][a-z0-9._-]{1,63}$")
 TOKEN_PREFIX = "lk_"
 
-# Words at the heart of the most common breached passwords; a password that is one of these
-# with digits or symbols around it ("Password123!", "1qwerty2024") is refused.
+# The most common breached passwords and the words at their heart, and words anyone would
+# try on a school's system; a password made of these (in any case, in look-alike spelling
+# such as "P@ssw0rd", with digits, symbols or a year around them, or repeated) is refused.
 COMMON_WORDS = frozenset(
     {
+        # the most common passwords (NCSC / Have I Been Pwned top lists)
         "password",
         "passw0rd",
         "p@ssword",
+        "pass",
         "qwerty",
         "qwertyuiop",
         "asdfgh",
+        "asdfghjkl",
+        "zxcvbnm",
+        "qazwsx",
+        "zaq",
         "letmein",
         "welcome",
         "iloveyou",
+        "loveme",
         "admin",
         "administrator",
-        "football",
-        "baseball",
+        "root",
+        "login",
+        "guest",
+        "test",
+        "default",
+        "changeme",
+        "trustno",
+        "access",
+        "master",
+        "secret",
+        "shadow",
+        "hello",
+        "freedom",
+        "whatever",
         "monkey",
         "dragon",
         "sunshine",
         "princess",
-        "abc",
-        "abcdef",
-        "abcdefgh",
-        "changeme",
-        "trustno",
-        "school",
-        "teacher",
-        "headteacher",
-        "safeguarding",
-        "locker",
-        "phonelocker",
-        "secret",
-        "master",
-        "shadow",
+        "flower",
+        "football",
+        "baseball",
+        "soccer",
+        "hockey",
         "superman",
         "batman",
         "starwars",
+        "pokemon",
+        "minecraft",
+        "ninja",
+        "mustang",
+        "charlie",
+        "michael",
+        "jordan",
+        "daniel",
+        "thomas",
+        "jennifer",
         "computer",
+        "internet",
+        "samsung",
+        "iphone",
+        "google",
+        "cheese",
+        "pepper",
+        "killer",
+        "abc",
+        "abcdef",
+        "abcdefgh",
+        # places, teams and seasons
         "london",
+        "england",
+        "liverpool",
+        "chelsea",
+        "arsenal",
+        "manchester",
+        "tottenham",
+        "everton",
         "summer",
         "winter",
         "autumn",
         "spring",
-        "liverpool",
-        "chelsea",
-        "arsenal",
-        "qazwsx",
-        "zaq",
+        "monday",
+        "friday",
+        # this system and its users
+        "school",
+        "academy",
+        "college",
+        "teacher",
+        "headteacher",
+        "student",
+        "pupil",
+        "office",
+        "staff",
+        "safeguarding",
+        "locker",
+        "phonelocker",
+        "phone",
+        "mobile",
     }
+)
+
+_ALPHABET = "abcdefghijklmnopqrstuvwxyz"
+_DIGITS = "01234567890"
+# Runs along a UK keyboard: rows, the letter rows one after another, and the columns
+# ("1qaz2wsx"); QWERTZ and AZERTY rows too. Each is also matched backwards.
+_KEYBOARD = (
+    "`1234567890-=",
+    "qwertyuiop[]",
+    "asdfghjkl;'#",
+    "\\zxcvbnm,./",
+    "qwertyuiopasdfghjklzxcvbnm",
+    "1qaz2wsx3edc4rfv5tgb6yhn7ujm8ik,9ol.0p;/",
+    "zaq1xsw2cde3vfr4bgt5nhy6mju7,ki8.lo9/;p0",
+    "qazwsxedcrfvtgbyhnujmikolp",
+    "qwertzuiop",
+    "yxcvbnm",
+    "azertyuiop",
+    "wxcvbn",
+)
+_RUNS = {
+    "sequence": (_ALPHABET, _ALPHABET[::-1], _DIGITS, _DIGITS[::-1]),
+    "keyboard": tuple(run for row in _KEYBOARD for run in (row, row[::-1])),
+}
+_LONGEST_RUN = max(len(run) for runs in _RUNS.values() for run in runs)
+_SEPARATORS = frozenset(" \t-_.,")
+_YEAR = re.compile(r"(?:19|20)\d\d")
+
+# Why a part of a password is guessable, as the message says it.
+_REASONS = {
+    "common": "a well-known password or word (such as 'password' or 'school')",
+    "site": "the school's name",
+    "keyboard": "a run of keys along the keyboard (such as 'qwerty' or '1qaz2wsx')",
+    "sequence": "a run of the alphabet or of digits (such as 'abcdef' or '123456')",
+    "year": "a year",
+    "repeat": "repeated characters or words",
+}
+_ADVICE = (
+    "choose three or four random words (like 'lantern quokka harbour'), or let the system "
+    "generate a password"
 )
 
 
@@ -122,55 +221,132 @@ _LOOKALIKES = {"@": "a", "4": "a", "0": "o", "!": "i", "3": "e", "$": "s", "5": 
 _LEET = tuple(str.maketrans({**_LOOKALIKES, "1": one, "|": "l"}) for one in ("i", "l"))
 
 
-def _is_common(core: str) -> bool:
-    """``core`` is a well-known word, possibly in look-alike spelling or repeated."""
-    for candidate in {core, *(core.translate(table) for table in _LEET)}:
-        if candidate in COMMON_WORDS or any(
-            candidate == word * (len(candidate) // len(word)) for word in COMMON_WORDS
-        ):
-            return True
-    return False
+def _site_words(site_name: str | None) -> frozenset[str]:
+    """The school's name, whole and word by word (words of four letters or more)."""
+    if not site_name:
+        return frozenset()
+    words = [word for word in re.split(r"[\W_]+", site_name.lower()) if len(word) >= 4]
+    whole = re.sub(r"[\W_]+", "", site_name.lower())
+    return frozenset(words + ([whole] if len(whole) >= 4 else []))
 
 
-def check_password(password: str, username: str) -> None:
-    """ValidationError saying why ``password`` is too weak; nothing when it is fine."""
+def _kind(piece: str, before: str, site: frozenset[str]) -> str | None:
+    """Why ``piece`` (lower case, three characters or more) is guessable, or None."""
+    variants = {piece, *(piece.translate(table) for table in _LEET)}
+    if variants & site:
+        return "site"
+    if len(piece) <= _LONGEST_RUN:
+        for kind, runs in _RUNS.items():
+            if any(piece in run for run in runs):
+                return kind
+    if variants & COMMON_WORDS:
+        return "common"
+    if _YEAR.fullmatch(piece):
+        return "year"
+    if piece in before or len(set(piece)) == 1:
+        return "repeat"
+    return None
+
+
+def _cost(char: str) -> float:
+    return 1.0 if char.isalpha() else 0.5
+
+
+def _guessable_parts(text: str, site: frozenset[str]) -> tuple[float, set[str]]:
+    """Cover ``text`` with guessable parts so that as little as possible is left over.
+
+    Returns what is left (letters count 1, other characters 1/2) and the kinds of part used.
+    """
+    size = len(text)
+    best: list[tuple[float, tuple[str, ...]]] = [(float("inf"), ())] * (size + 1)
+    best[0] = (0.0, ())
+    for start in range(size):
+        left, kinds = best[start]
+        if left == float("inf"):
+            continue
+        step = left + _cost(text[start])
+        if step < best[start + 1][0]:
+            best[start + 1] = (step, kinds)
+        for end in range(start + 3, size + 1):
+            if left < best[end][0]:
+                kind = _kind(text[start:end], text[:start], site)
+                if kind is not None:
+                    best[end] = (left, (*kinds, kind))
+    left, kinds = best[size]
+    return left, set(kinds)
+
+
+def check_password(password: str, username: str, *, site_name: str | None = None) -> None:
+    """ValidationError saying what makes ``password`` weak and what to do; nothing when it
+    is fine.
+
+    Refused: fewer than 12 characters or 6 different ones; almost no letters; the user name
+    or the school's name (``site_name``) in it; the same word or characters repeated; and a
+    password made (all but a few characters) of common passwords or words, keyboard runs
+    ("qwertyuiop", "1qaz2wsx"), alphabet or digit runs ("abcdefgh", "123456"), years and
+    repeats, in any case and look-alike spelling.
+    """
     if len(password) < MIN_PASSWORD_LENGTH:
         raise ValidationError(
             f"the password is too short ({len(password)} characters; at least "
-            f"{MIN_PASSWORD_LENGTH}); three random words make a good one"
+            f"{MIN_PASSWORD_LENGTH}); {_ADVICE}"
         )
-    if len(set(password)) < 6:
-        raise ValidationError("the password repeats too few characters (at least 6 different)")
-    lowered = password.lower()
-    core = re.sub(r"^[\W\d_]+|[\W\d_]+$", "", lowered)
-    if password.isdigit() or len(set(core)) < 3 or _is_common(core):
+    if len(set(password)) < MIN_DISTINCT_CHARACTERS:
         raise ValidationError(
-            "the password is too easy to guess (a common word or a run of digits); "
-            "three random words make a good one"
+            f"the password repeats too few characters (at least {MIN_DISTINCT_CHARACTERS} "
+            f"different); {_ADVICE}"
         )
+    lowered = "".join(char.lower() if len(char.lower()) == 1 else char for char in password)
     name = username.strip().lower()
     bare = re.sub(r"[._-]+", "", name)
     if name and (name in lowered or (len(bare) >= 3 and bare in re.sub(r"[._-]+", "", lowered))):
-        raise ValidationError("the password must not contain the user name")
+        raise ValidationError(f"the password must not contain the user name; {_ADVICE}")
+    if len({char for char in lowered if char.isalpha()}) < 3:
+        raise ValidationError(
+            "the password is too easy to guess (a run of digits or symbols, with hardly any "
+            f"letters); {_ADVICE}"
+        )
+    text = "".join(char for char in lowered if char not in _SEPARATORS)[:_ANALYSED]
+    for size in range(1, len(text) // 2 + 1):
+        if len(text) % size == 0 and text == text[:size] * (len(text) // size):
+            raise ValidationError(
+                "the password is too easy to guess: it is the same word or characters "
+                f"repeated; {_ADVICE}"
+            )
+    left, kinds = _guessable_parts(text, _site_words(site_name))
+    if left < MIN_ORIGINAL:
+        made_of = [reason for kind, reason in _REASONS.items() if kind in kinds]
+        listed = (
+            ", ".join(made_of[:-1]) + " and " + made_of[-1] if made_of[1:] else "".join(made_of)
+        )
+        what = f"it is mostly {listed}" if made_of else "too little of it is random"
+        raise ValidationError(f"the password is too easy to guess: {what}; {_ADVICE}")
 
 
 def hash_password(password: str) -> str:
     return _hasher.hash(password)
 
 
-def generate_password(username: str = "") -> str:
+def generate_password(
+    username: str = "", *, site_name: str | None = None, rng: random.Random | None = None
+) -> str:
     """A strong random password (16 characters from an unambiguous alphabet) that passes
-    :func:`check_password` for ``username``."""
+    :func:`check_password` for ``username`` and ``site_name``. ``rng`` is for tests; the
+    default is the operating system's secure source."""
+    choose = (rng or _SYSTEM_RANDOM).choice
     alphabet = "abcdefghjkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789"
     while True:
-        password = "".join(secrets.choice(alphabet) for _ in range(16))
+        password = "".join(choose(alphabet) for _ in range(16))
         if len(set(password)) < 8:
             continue
         try:
-            check_password(password, username)
+            check_password(password, username, site_name=site_name)
         except ValidationError:
             continue
         return password
+
+
+_SYSTEM_RANDOM = secrets.SystemRandom()
 
 
 def find_user(session: Session, username: str) -> User:
@@ -192,12 +368,14 @@ def add_user(
     role: Role | str,
     password: str,
     display_name: str | None = None,
+    site_name: str | None = None,
 ) -> User:
     """Add a member of staff; ValidationError for a bad name, an unknown role or a weak
-    password, ConflictError when the name is taken."""
+    password (``site_name``: the school's name, refused in it), ConflictError when the name
+    is taken."""
     username = check_username(username)
     role = role if isinstance(role, Role) else parse_role(str(role))
-    check_password(password, username)
+    check_password(password, username, site_name=site_name)
     display = clean_text(display_name or username, "the display name", max_length=120)
     taken = session.execute(
         select(func.count()).select_from(User).where(User.username == username)
@@ -227,9 +405,16 @@ def add_user(
 
 
 def set_password(
-    session: Session, actor: Actor, clock: Clock, audit: AuditTrail, user: User, password: str
+    session: Session,
+    actor: Actor,
+    clock: Clock,
+    audit: AuditTrail,
+    user: User,
+    password: str,
+    *,
+    site_name: str | None = None,
 ) -> None:
-    check_password(password, user.username)
+    check_password(password, user.username, site_name=site_name)
     user.password_hash = hash_password(password)
     user.password_changed_at = clock.now()
     audit.record(session, clock, actor, "user.password_changed", details={"user": user.username})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import tomllib
 from datetime import time
 from pathlib import Path
@@ -11,7 +12,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from kiosk import config
-from kiosk.config import KEYS, Window, load, parse_window
+from kiosk.config import (
+    KEYS,
+    OTHER_PREFIXES,
+    OTHER_VARIABLES,
+    HardwareSchema,
+    Window,
+    load,
+    parse_window,
+)
 from kiosk.errors import ConfigError
 
 
@@ -107,15 +116,160 @@ def test_the_example_writes_given_values_uncommented(tmp_path):
     assert load(tmp_path, env={}).kiosk.name == "form-7a"
 
 
-def test_unrelated_environment_variables_are_ignored(tmp_path):
-    loaded = load(tmp_path, env={"LOCKER_HOME": "/x", "LOCKER_NOT_A_KEY": "1", "PATH": "/bin"})
+REPO = Path(__file__).parents[2]
+
+
+def _variables_the_deployment_sets() -> set[str]:
+    """Every LOCKER_* variable the systemd units, the env files and the install scripts set
+    or read: the environment `locker` may find itself in."""
+    names: set[str] = set()
+    for path in [*REPO.glob("systemd/*"), *REPO.glob("install/*")]:
+        names.update(re.findall(r"\b(LOCKER_[A-Z0-9_]+)=", path.read_text(encoding="utf-8")))
+        names.update(re.findall(r"\$\{(LOCKER_[A-Z0-9_]+)[:}]", path.read_text(encoding="utf-8")))
+    return names
+
+
+# Shell variables of install/install-pi.sh (never exported, so `locker` never sees them).
+SCRIPT_ONLY = {"LOCKER_UID", "LOCKER_GID"}
+
+
+def test_the_deployments_variables_are_allowed(tmp_path):
+    deployment = _variables_the_deployment_sets() - SCRIPT_ONLY
+    assert {"LOCKER_HOME", "LOCKER_BACKUP_DIR", "LOCKER_BACKUP_KEEP", "LOCKER_BIN"} <= deployment
+    others = deployment - {key.env for key in KEYS}
+    assert {name for name in others if not name.startswith(tuple(OTHER_PREFIXES))} <= set(
+        OTHER_VARIABLES
+    )
+    loaded = load(tmp_path, env=dict.fromkeys(others, "1") | {"PATH": "/bin", "locker_x": "1"})
     assert loaded.site.name == "Our School"
+
+
+@pytest.mark.parametrize(
+    ("variable", "hint"),
+    [
+        ("LOCKER_POLICY_RETENTION_DAYZ", "did you mean LOCKER_POLICY_RETENTION_DAYS?"),
+        ("LOCKER_POLCY_TIMEZONE", "did you mean LOCKER_POLICY_TIMEZONE?"),
+        ("LOCKER_KIOSK_NAMES", "did you mean LOCKER_KIOSK_NAME?"),
+        ("LOCKER_NOT_A_KEY", ""),
+        ("LOCKER_", ""),
+        ("LOCKER_POLICY", ""),
+    ],
+)
+def test_an_unknown_locker_variable_is_an_error_naming_it(tmp_path, variable, hint):
+    with pytest.raises(ConfigError) as caught:
+        load(tmp_path, env={variable: "45"})
+    message = str(caught.value)
+    assert message.startswith(f"environment {variable}: not a setting")
+    assert hint in message
+    assert "config.toml" not in message
+
+
+HARDWARE = HardwareSchema(keys=("backend", "compartments", "max_unlock_s"))
+
+
+def test_hardware_variables_must_name_a_hardware_key_when_the_keys_are_known(tmp_path):
+    loaded = load(tmp_path, env={"LOCKER_HARDWARE_BACKND": "sim"})  # the web: keys unknown
+    assert loaded.hardware["backnd"] == "sim"
+    with pytest.raises(ConfigError, match="LOCKER_HARDWARE_BACKND: not a setting; did you mean"):
+        load(tmp_path, env={"LOCKER_HARDWARE_BACKND": "sim"}, hardware=HARDWARE)
+
+
+def test_a_bad_hardware_variable_is_blamed_on_the_variable(tmp_path):
+    from hardware.spec import DOCUMENTED_KEYS, CabinetSpec
+
+    schema = HardwareSchema(
+        keys=[key.name for key in DOCUMENTED_KEYS], check=CabinetSpec.from_mapping
+    )
+    write(tmp_path, '[hardware]\nbackend = "sim"\n')
+    with pytest.raises(ConfigError) as caught:
+        load(tmp_path, env={"LOCKER_HARDWARE_COMPARTMENTS": "abc"}, hardware=schema)
+    message = str(caught.value)
+    assert message.startswith("environment LOCKER_HARDWARE_COMPARTMENTS = 'abc'")
+    assert "config.toml" not in message
+    with pytest.raises(ConfigError, match="environment LOCKER_HARDWARE_MAX_UNLOCK_S"):
+        load(tmp_path, env={"LOCKER_HARDWARE_MAX_UNLOCK_S": "forever"}, hardware=schema)
+    # A mistake in the file is left for whoever opens the cabinet: most commands need none.
+    write(tmp_path, '[hardware]\nbackend = "sim"\nmax_unlock_s = "forever"\n')
+    loaded = load(tmp_path, env={"LOCKER_HARDWARE_BACKEND": "sim"}, hardware=schema)
+    assert loaded.hardware_source("max_unlock_s").endswith("config.toml [hardware] max_unlock_s")
+    assert loaded.hardware_source("backend") == "environment LOCKER_HARDWARE_BACKEND"
+
+
+ENV_NAME = st.one_of(
+    st.text("ABCDEFGHIJKLMNOPQRSTUVWXYZ_0123456789", max_size=30),
+    st.sampled_from(["BACKUP_", "SCREEN_", "HOME", "BIN", "HARDWARE_"]).flatmap(
+        lambda start: st.text("ABCDEFGHIJKLMNOPQRSTUVWXYZ_", max_size=10).map(start.__add__)
+    ),
+)
+
+
+@given(st.one_of(ENV_NAME, st.sampled_from([key.env[len("LOCKER_") :] for key in KEYS])))
+def test_every_locker_variable_is_a_setting_another_use_or_an_error(suffix):
+    variable = "LOCKER_" + suffix
+    try:
+        load(None, env={variable: "Europe/London"}, hardware=HARDWARE)
+    except ConfigError as exc:
+        assert str(exc).startswith(f"environment {variable}")
+    else:
+        known = {key.env for key in KEYS} | set(OTHER_VARIABLES)
+        known |= {f"LOCKER_HARDWARE_{name.upper()}" for name in HARDWARE.keys}
+        assert variable in known or variable.startswith(tuple(OTHER_PREFIXES))
 
 
 def test_hardware_table_is_passed_through_with_environment_overrides(tmp_path):
     write(tmp_path, '[hardware]\nbackend = "gpio"\nmax_unlock_s = 3\n')
     loaded = load(tmp_path, env={"LOCKER_HARDWARE_BACKEND": "sim"})
-    assert loaded.hardware == {"backend": "sim", "max_unlock_s": 3}
+    assert loaded.hardware == {"backend": "sim", "max_unlock_s": 3, "compartments": 24}
+
+
+def test_hardware_compartments_default_to_the_kiosk_compartments(tmp_path):
+    """A freshly written config.toml describes no pin map: the cabinet then has [kiosk]
+    compartments compartments in the default layout (it used to be refused as missing)."""
+    from kiosk.daemon import cabinet_spec
+
+    write(tmp_path, "[kiosk]\ncompartments = 6\nsecure_compartments = [6]\n")
+    loaded = load(tmp_path, env={})
+    assert loaded.hardware["compartments"] == 6
+    assert loaded.hardware_source("compartments") == config.HARDWARE_COMPARTMENTS_DEFAULT
+    spec = cabinet_spec(loaded)
+    assert (spec.backend, sorted(spec.compartments)) == ("gpio", [1, 2, 3, 4, 5, 6])
+    write(tmp_path, "[hardware]\ncompartments = 24\n")
+    assert load(tmp_path, env={}).hardware_source("compartments").endswith("compartments")
+
+
+def test_every_commented_default_of_the_example_is_valid_when_uncommented(tmp_path):
+    """`locker config example` (what `locker init` writes) loads as it is, and with every
+    `# key = default` line uncommented it still loads, to the same settings, and its cabinet
+    checks out."""
+    from kiosk.cli import _hardware_keys
+    from kiosk.daemon import cabinet_spec
+
+    text = config.example(hardware_keys=_hardware_keys())
+    write(tmp_path, text)
+    as_written = load(tmp_path, env={})
+    cabinet_spec(as_written)
+    uncommented = re.sub(r"^# (\w+ = )", r"\1", text, flags=re.MULTILINE)
+    assert "\ncompartments = 24\n" in uncommented and "(required)" not in uncommented
+    write(tmp_path, uncommented)
+    loaded = load(tmp_path, env={})
+    assert (loaded.policy, loaded.kiosk, loaded.web) == (
+        as_written.policy,
+        as_written.kiosk,
+        as_written.web,
+    )
+    assert len(cabinet_spec(loaded).compartments) == loaded.kiosk.compartments
+
+
+def test_a_config_toml_that_is_not_utf8_names_the_file(tmp_path):
+    tmp_path.mkdir(exist_ok=True)
+    path = tmp_path / "config.toml"
+    path.write_bytes(b'[site]\nname = "Caf\xe9 School"\n')
+    with pytest.raises(ConfigError) as caught:
+        load(tmp_path, env={})
+    message = str(caught.value)
+    assert message.startswith(f"{path}: not UTF-8 text") and "line 2" in message
+    path.write_bytes(b'\xef\xbb\xbf[site]\nname = "Caf\xc3\xa9 School"\n')  # BOM: fine
+    assert load(tmp_path, env={}).site.name == "Café School"
 
 
 times = st.builds(time, st.integers(0, 23), st.integers(0, 59))

@@ -314,6 +314,24 @@ def test_combining_characters_are_normalised_to_nfc(instance: Instance, clock: M
 # ------------------------------------------------------------------------------ bad lines
 
 
+def test_a_duplicate_is_reported_even_when_its_first_line_has_another_problem() -> None:
+    lines = [
+        ",".join(HEADER),
+        "D1,,Ng,7A,7",  # empty forename
+        "D1,Amy,Ng,7A,7",  # and the same admission number again
+        "D2,Ben,Ode,7A,7",
+        "D2,Ben,,7A,7",  # both problems on the second line
+    ]
+    exc = rejection(physical(lines))
+    assert bad_lines(exc) == [2, 3, 5, 5]
+    assert "forename is empty" in exc.problems[0]
+    assert "D1" in exc.problems[1] and "also on line 2" in exc.problems[1]
+    assert {"surname is empty", "also on line 4"} == {
+        next(part for part in ("surname is empty", "also on line 4") if part in problem)
+        for problem in exc.problems[2:]
+    }
+
+
 def test_duplicate_admission_numbers_name_both_lines() -> None:
     lines = [
         ",".join(HEADER),
@@ -621,6 +639,80 @@ def test_full_import_marks_missing_pupils_left_and_keeps_their_history(
     assert back["id"] == leaver["id"]
 
 
+def test_leavers_with_a_device_in_custody_are_listed_for_the_office(
+    instance: Instance, clock: ManualClock
+) -> None:
+    """The MIS decides who is on roll, so they are still marked as left; but the import
+    reports every leaver's device still in the school's care, with its record's state."""
+    run_import(instance, clock, make_csv(HEADER, school(8)))
+    in_locker = _deposit(instance, clock, "A0001")
+    with instance.database.transaction() as session:
+        pupils = {
+            p.admission_number: p
+            for p in session.execute(select(Pupil)).scalars()
+            if p.admission_number in ("A0002", "A0003", "A0004", "A0005")
+        }
+        staff = staff_actor(session, clock, Role.STAFF)
+        dsl = staff_actor(session, clock, Role.DSL)
+        confiscated = instance.ledger.confiscate(
+            session, staff, clock, pupil=pupils["A0002"], reason="in a lesson"
+        ).id
+        held = instance.ledger.confiscate(
+            session, staff, clock, pupil=pupils["A0003"], reason="in a lesson"
+        )
+        held = instance.ledger.hold(session, dsl, clock, held, reason="referral").id
+        cancelled = deposit(instance.ledger, session, clock, pupils["A0004"], confirm=False)
+        instance.ledger.cancel_deposit(
+            session, Actor.for_kiosk("main"), clock, cancelled, reason="door never opened"
+        )
+    clock.advance(days=1)
+    # A0000-A0004 leave: A0000 never had a device, A0004's deposit was cancelled.
+    summary = run_import(instance, clock, make_csv(HEADER, school(8)[5:]))
+    assert summary.left == 5
+    assert [(e.admission_number, e.record_id, e.state) for e in summary.left_in_custody] == [
+        ("A0001", in_locker, CustodyState.IN_LOCKER),
+        ("A0002", confiscated, CustodyState.CONFISCATED),
+        ("A0003", held, CustodyState.SAFEGUARDING_HOLD),
+    ]
+    assert summary.left_in_custody[0].where.startswith("compartment ")
+    assert summary.left_in_custody[0].where.endswith(" of kiosk main")
+    assert summary.left_in_custody[1].name == "Forename2 Surname2"
+    warnings = summary.warnings()
+    assert warnings[0].startswith("warning: 3 pupils marked as left still have a device")
+    assert len(warnings) == 4
+    for line, state in zip(
+        warnings[1:], ("IN_LOCKER", "CONFISCATED", "SAFEGUARDING_HOLD"), strict=True
+    ):
+        assert line.startswith("  A000") and f"is {state}" in line
+    statuses = {n: p["status"] for n, p in pupils_in_db(instance).items()}
+    assert [n for n, status in sorted(statuses.items()) if status is PupilStatus.LEFT] == [
+        "A0000",
+        "A0001",
+        "A0002",
+        "A0003",
+        "A0004",
+    ]
+    with instance.database.reader() as session:
+        event = (
+            session.execute(
+                select(AuditEvent)
+                .where(AuditEvent.kind == "roster.imported")
+                .order_by(AuditEvent.seq.desc())
+            )
+            .scalars()
+            .first()
+        )
+        assert event is not None
+        assert [entry["record"] for entry in json.loads(event.details)["left_in_custody"]] == [
+            in_locker,
+            confiscated,
+            held,
+        ]
+        instance.audit.verify(session)
+    # Nothing to warn about when nobody leaves with a device.
+    assert run_import(instance, clock, make_csv(HEADER, school(8)[5:])).warnings() == []
+
+
 def test_partial_import_marks_nobody_left(instance: Instance, clock: ManualClock) -> None:
     run_import(instance, clock, make_csv(HEADER, school(roster.MASS_LEAVE_MINIMUM * 2)))
     summary = run_import(
@@ -737,6 +829,44 @@ def test_a_failing_import_leaves_the_database_unchanged(
         after = raw_tables(seeded)
         assert len(after["audit_events"]) == len(before["audit_events"]) + 1
         assert summary.rows >= 1
+
+
+@settings(max_examples=150)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["D1", "d1", "D2", "D3", "E4"]), st.booleans(), st.booleans()),
+        min_size=1,
+        max_size=10,
+    )
+)
+def test_every_duplicate_is_reported_with_its_first_line(
+    rows: list[tuple[str, bool, bool]],
+) -> None:
+    """Whatever else is wrong with a line (an empty forename or form), a later line with the
+    same admission number is reported naming the first line that had it."""
+    lines = [",".join(HEADER)]
+    for admission, empty_forename, empty_form in rows:
+        lines.append(
+            f"{admission},{'' if empty_forename else 'Amy'},Ng,{'' if empty_form else '7A'},7"
+        )
+    first: dict[str, int] = {}
+    expected: list[str] = []
+    for number, (admission, empty_forename, empty_form) in enumerate(rows, start=2):
+        if empty_forename:
+            expected.append(f"line {number}: the forename is empty")
+        if empty_form:
+            expected.append(f"line {number}: the form is empty")
+        if admission.upper() in first:
+            expected.append(
+                f"line {number}: admission number {admission} is also on line "
+                f"{first[admission.upper()]}"
+            )
+        else:
+            first[admission.upper()] = number
+    if not expected:
+        assert len(roster.parse_roster(physical(lines)).rows) == len(rows)
+        return
+    assert rejection(physical(lines)).problems == expected
 
 
 @pytest.fixture(scope="module")

@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
+import re
 
 import pytest
 from argon2 import PasswordHasher
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -56,14 +60,39 @@ WEAK = {
     "user name": ("x-kate.lovell-99", "user name"),
     "user name in capitals": ("KATE.LOVELL-rocks", "user name"),
     "user name without the dot": ("katelovell-rocks!", "user name"),
+    # keyboard runs, alphabet runs, repeats (the reviewer's cases first)
+    "keyboard row into the next row": ("qwertyuiopas", "run of keys along the keyboard"),
+    "alphabet run": ("abcdefghijkl", "run of the alphabet"),
+    "repeated word with a space": ("password password", "same word or characters repeated"),
+    "keyboard columns": ("1qaz2wsx3edc4rfv", "run of keys along the keyboard"),
+    "keyboard row backwards": ("poiuytrewq!!", "run of keys along the keyboard"),
+    "alphabet backwards": ("ZYXWVUTSRQPO", "run of the alphabet"),
+    "alphabet with separators": ("a-b-c-d-e-f-g-h", "run of the alphabet"),
+    "repeated word, other case": ("Monkey-MONKEY-monkey", "same word or characters repeated"),
+    "repeated made-up word": ("zorbly zorbly", "same word or characters repeated"),
+    "two common words": ("welcome-sunshine", "well-known password or word"),
+    "common word and a keyboard run": ("Football-qwerty1", "too easy"),
+    "the school's name": ("Greenfield2026!", "the school's name"),
+    "the school's name whole": ("greenfieldacademy", "the school's name"),
 }
+SITE = "Greenfield Academy"
 
 
 @pytest.mark.parametrize("case", sorted(WEAK))
 def test_weak_passwords_are_refused(case: str) -> None:
     password, reason = WEAK[case]
-    with pytest.raises(ValidationError, match=reason):
-        users.check_password(password, "kate.lovell")
+    with pytest.raises(ValidationError, match=reason) as caught:
+        users.check_password(password, "kate.lovell", site_name=SITE)
+    message = str(caught.value)
+    # What is wrong, then what to do; never the password itself.
+    assert "three or four random words" in message or "user name" in message
+    assert not password or password not in message
+
+
+def test_the_school_name_is_only_refused_when_given() -> None:
+    users.check_password("Greenfield-otter-canal", "kate.lovell")
+    with pytest.raises(ValidationError, match="the school's name"):
+        users.check_password("Greenfield2026!", "kate.lovell", site_name=SITE)
 
 
 GOOD_PASSWORDS = [
@@ -78,7 +107,7 @@ GOOD_PASSWORDS = [
 
 @pytest.mark.parametrize("password", GOOD_PASSWORDS)
 def test_good_passwords_are_accepted(password: str) -> None:
-    users.check_password(password, "kate.lovell")
+    users.check_password(password, "kate.lovell", site_name=SITE)
 
 
 def test_generated_passwords_are_strong_and_different() -> None:
@@ -87,6 +116,105 @@ def test_generated_passwords_are_strong_and_different() -> None:
     for password in generated:
         users.check_password(password, "kate.lovell")
         assert len(password) >= users.MIN_PASSWORD_LENGTH
+
+
+USERNAMES = st.sampled_from(["kate.lovell", "office", "dsl1", "abc", "qwe", "head-teacher"])
+SITES = st.sampled_from([None, "Our School", SITE, "St Mary's Catholic High School", "Abcde"])
+
+
+@settings(max_examples=300)
+@given(st.integers(0, 2**64), USERNAMES, SITES)
+def test_generated_passwords_always_pass(seed: int, username: str, site) -> None:
+    password = users.generate_password(username, site_name=site, rng=random.Random(seed))
+    assert len(password) == 16
+    users.check_password(password, username, site_name=site)
+
+
+@settings(max_examples=300)
+@given(st.text("abcdefghjkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789", min_size=16, max_size=16))
+def test_random_draws_of_the_generator_alphabet_mostly_pass(password: str) -> None:
+    """The generator retries until a password passes; this says it rarely needs to: what
+    fails is only what a guesser would try first."""
+    try:
+        users.check_password(password, "kate.lovell")
+    except ValidationError as exc:
+        assert len(set(password)) < 6 or "too easy" in str(exc), (password, str(exc))
+
+
+def _mixed_case(draw: st.DrawFn, text: str) -> str:
+    flips = draw(st.lists(st.booleans(), min_size=len(text), max_size=len(text)))
+    return "".join(char.upper() if flip else char for char, flip in zip(text, flips, strict=True))
+
+
+DECORATION = st.sampled_from(["", "1", "12", "123", "!", "1!", "2024", "2026!", "?", "99", "#1"])
+
+
+@st.composite
+def runs(draw: st.DrawFn, sequences: tuple[str, ...]) -> str:
+    """A run of at least 12 characters along one of ``sequences`` (either way), in any
+    case, perhaps with a few digits or symbols after it."""
+    sequence = draw(st.sampled_from([s for s in sequences if len(s) >= 12]))
+    sequence = sequence[::-1] if draw(st.booleans()) else sequence
+    length = draw(st.integers(12, len(sequence)))
+    start = draw(st.integers(0, len(sequence) - length))
+    return _mixed_case(draw, sequence[start : start + length]) + draw(DECORATION)
+
+
+LEET = {"a": "@", "o": "0", "e": "3", "s": "$", "i": "1"}
+
+
+@st.composite
+def common_passwords(draw: st.DrawFn) -> str:
+    """One or two well-known words, capitalised or in look-alike spelling, with digits, a
+    year or symbols around them: at least 12 characters."""
+    words = sorted(word for word in users.COMMON_WORDS if len(word) >= 5)
+    parts = draw(st.lists(st.sampled_from(words), min_size=1, max_size=2))
+    text = draw(st.sampled_from(["", "-", " ", "_"])).join(parts)
+    if draw(st.booleans()):
+        text = "".join(LEET.get(char, char) if draw(st.booleans()) else char for char in text)
+    text = _mixed_case(draw, text)
+    text = draw(st.sampled_from(["", "!", "!!", "1"])) + text + draw(DECORATION) + draw(DECORATION)
+    if len(text) < users.MIN_PASSWORD_LENGTH:
+        text += "2024" + "!" * (users.MIN_PASSWORD_LENGTH - len(text))
+    return text
+
+
+@st.composite
+def repeated_words(draw: st.DrawFn) -> str:
+    """Any word (even a made-up one) repeated, with or without separators, any case."""
+    word = draw(st.text("abcdefghijklmnopqrstuvwxyz", min_size=3, max_size=8))
+    times = draw(st.integers(2, 4))
+    while len(word) * times < 12:
+        times += 1
+    separator = draw(st.sampled_from(["", " ", "-", "."]))
+    return separator.join(_mixed_case(draw, word) for _ in range(times))
+
+
+@st.composite
+def school_names(draw: st.DrawFn) -> str:
+    name = draw(st.sampled_from(["greenfield", "academy", "greenfieldacademy"]))
+    text = _mixed_case(draw, name) + draw(DECORATION) + draw(DECORATION) + "2026"
+    return text + "!" * (users.MIN_PASSWORD_LENGTH - len(text))
+
+
+WEAK_FAMILIES = st.one_of(
+    runs(tuple(users._KEYBOARD)),
+    runs(("abcdefghijklmnopqrstuvwxyz", "012345678901234567890")),
+    common_passwords(),
+    repeated_words(),
+    school_names(),
+)
+
+
+@settings(max_examples=500)
+@given(WEAK_FAMILIES)
+def test_known_weak_families_are_always_refused(password: str) -> None:
+    assert len(password) >= users.MIN_PASSWORD_LENGTH
+    with pytest.raises(ValidationError) as caught:
+        users.check_password(password, "kate.lovell", site_name=SITE)
+    message = str(caught.value)
+    assert re.search(r"too easy|repeats too few|hardly any letters", message), message
+    assert "three or four random words" in message
 
 
 # ------------------------------------------------------------------------------ roles and names
