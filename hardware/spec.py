@@ -308,6 +308,12 @@ DOCUMENTED_KEYS: tuple[DocumentedKey, ...] = (
         "At most this many solenoids energised at once; more is refused (LockBusy).",
     ),
     DocumentedKey(
+        "lock_rest_s",
+        "0.1",
+        "Seconds a solenoid rests de-energised before its next pulse (duty-cycle guard); "
+        "a pulse asked for sooner is refused (LockBusy) and retried.",
+    ),
+    DocumentedKey(
         "door_pull",
         '"up"',
         '"up", "down" or "none": the internal resistor on door switch inputs.',
@@ -357,16 +363,8 @@ DOCUMENTED_KEYS: tuple[DocumentedKey, ...] = (
 
 documented_keys = DOCUMENTED_KEYS
 
-#: The ``[hardware]`` key of :attr:`CabinetSpec.lock_rest_s`, parsed by
-#: :meth:`CabinetSpec.from_mapping` but not yet accepted: it joins :data:`DOCUMENTED_KEYS`
-#: (after ``max_concurrent_unlocks``) together with its entry in docs/configuration.md
-#: (``locker config reference``) and docs/hardware.md, which the tests keep in step.
-LOCK_REST_KEY = DocumentedKey(
-    "lock_rest_s",
-    "0.1",
-    "Seconds a solenoid rests de-energised before its next pulse (duty-cycle guard); "
-    "a pulse asked for sooner is refused (LockBusy) and retried.",
-)
+#: The ``[hardware]`` key of :attr:`CabinetSpec.lock_rest_s`.
+LOCK_REST_KEY = next(key for key in DOCUMENTED_KEYS if key.name == "lock_rest_s")
 
 
 @dataclass(frozen=True)
@@ -387,7 +385,6 @@ class CabinetSpec:
     max_unlock_s: float = 5.0
     max_concurrent_unlocks: int = 2
     #: Duty-cycle guard: seconds a solenoid rests de-energised before it may be pulsed again.
-    #: Not yet a key of ``[hardware]``: see :data:`LOCK_REST_KEY`.
     lock_rest_s: float = 0.1
     door_pull: str = "up"
     door_open_high: bool = True

@@ -545,7 +545,7 @@ EOF
 fi
 
 CONFIG_OK=no
-if check="$(locker_cmd config check 2>&1)"; then
+if check="$(locker_cmd config check --require-cabinet 2>&1)"; then
     CONFIG_OK=yes
     say "$check"
 else
@@ -632,7 +632,7 @@ if [ "$LIVE" = yes ] && [ "$WITH_START" = yes ]; then
         fi
         say "restarted locker-web; locker-kiosk starts once /etc/locker/config.toml describes"
         say "  the cabinet ([kiosk] and [hardware]: docs/hardware.md):"
-        say "  sudo locker config check && sudo systemctl start locker-kiosk"
+        say "  sudo locker config check --require-cabinet && sudo systemctl start locker-kiosk"
     fi
     if [ "$SCREEN_USER" != none ]; then
         systemctl restart "locker-screen@$SCREEN_USER.service"

@@ -34,7 +34,7 @@ from kiosk import cabinets, cards, demo, exemptions, migrate, reports, retention
 from kiosk import config as config_module
 from kiosk.actors import Actor
 from kiosk.clock import Clock, SystemClock
-from kiosk.errors import ImportRejected, InstanceError, LockerError, ValidationError
+from kiosk.errors import ConfigError, ImportRejected, LockerError, ValidationError
 from kiosk.export import export_pupil
 from kiosk.instance import Instance, resolve_home
 from kiosk.models import CustodyRecord, CustodyState, Role
@@ -61,7 +61,6 @@ class CliState:
         """The opened instance, its schema checked (``locker init`` upgrades it)."""
         if self._instance is None:
             instance = self.open_instance()
-            refuse_newer_schema(instance.database)
             migrate.ensure_current(instance.database)
         assert self._instance is not None
         return self._instance
@@ -78,29 +77,6 @@ class CliState:
 
 
 pass_state = click.make_pass_decorator(CliState)
-
-
-def refuse_newer_schema(database: Any) -> None:
-    """InstanceError when the database's schema revision is unknown to this software: a
-    newer version wrote it, and this one must not touch it (``locker init`` cannot
-    "upgrade" it; only the newer software can use it)."""
-    from alembic.script import ScriptDirectory
-
-    current = migrate.current_revision(database)
-    if current is None:
-        return
-    script = ScriptDirectory.from_config(migrate.alembic_config())
-    try:
-        known = script.get_revision(current) is not None
-    except Exception:  # alembic: ResolutionError, CommandError for an unknown revision
-        known = False
-    if not known:
-        raise InstanceError(
-            f"the database {database.safe_url} was written by a newer version of the phone "
-            f"locker software (schema {current}; this version knows up to "
-            f"{migrate.head_revision()}): upgrade the software to that version or later "
-            "(docs/operations.md, Upgrading); this version leaves the database untouched"
-        )
 
 
 class LockerGroup(click.Group):
@@ -249,13 +225,24 @@ def init(state: CliState, with_demo: bool) -> None:
     state._instance = instance
     for item in created:
         click.echo(item if item.startswith("made ") else f"created {item}")
-    refuse_newer_schema(instance.database)
+    migrate.refuse_newer_schema(instance.database)
+    if migrate.current_revision(instance.database) is not None:
+        with instance.database.reader() as session:  # a shared database: the same secret?
+            instance.audit.check_key(session)
     before, after = migrate.upgrade(instance.database)
     if before != after:
         click.echo(f"database {instance.database.safe_url}: schema {before or 'new'} -> {after}")
     else:
         click.echo(f"database {instance.database.safe_url}: schema up to date ({after})")
     with instance.database.transaction() as session:
+        if before != after:  # recorded (and the audit head sealed) like any other change
+            instance.audit.record(
+                session,
+                state.clock,
+                state.actor,
+                "database.created" if before is None else "database.upgraded",
+                details={"from": before, "to": after},
+            )
         _, changes = cabinets.register(
             session, state.actor, state.clock, instance.audit, instance.config.kiosk
         )
@@ -298,8 +285,14 @@ def config_reference() -> None:
 
 
 @config_group.command("check")
+@click.option(
+    "--require-cabinet",
+    is_flag=True,
+    help="Also fail (exit 78) unless [hardware] compartments describes the cabinet (a pin "
+    "map, or a count for the default layout): the installer starts the kiosk only then.",
+)
 @pass_state
-def config_check(state: CliState) -> None:
+def config_check(state: CliState, require_cabinet: bool) -> None:
     """Load and validate the configuration (exit 78 naming the bad key)."""
     from kiosk.daemon import cabinet_spec
 
@@ -308,6 +301,12 @@ def config_check(state: CliState) -> None:
     source = instance.config.hardware_source("compartments")
     layout = ""
     if source == config_module.HARDWARE_COMPARTMENTS_DEFAULT and spec.backend != "sim":
+        if require_cabinet:
+            raise ConfigError(
+                f"{instance.home / config_module.CONFIG_FILENAME}: the cabinet is not described "
+                "yet: set [hardware] compartments, to each compartment's lock and door pins or "
+                "to a count for the default layout (docs/hardware.md)"
+            )
         layout = ", the default layout: no [hardware] compartments pin map (docs/hardware.md)"
     click.echo(
         f"{instance.home / config_module.CONFIG_FILENAME}: ok "

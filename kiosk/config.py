@@ -416,8 +416,9 @@ KEYS: tuple[Key, ...] = (
         "web",
         "login_attempts",
         5,
-        "Failed logins in a row (per user name and per address) before logins are refused "
-        "for a while.",
+        "Failed logins in a row for one user name from one address before that address may "
+        "not try it for a while (an address may fail 4x this over all names; a user name "
+        "under attack from many addresses is slowed down, never locked out).",
         _number(int, 2, 100),
     ),
     Key(
@@ -426,6 +427,14 @@ KEYS: tuple[Key, ...] = (
         300,
         "Seconds logins stay refused after too many failures.",
         _number(int, 10, 86_400),
+    ),
+    Key(
+        "web",
+        "trusted_proxies",
+        0,
+        "Reverse proxies in front of the web app whose X-Forwarded-For is trusted (0: none; "
+        "1 behind the nginx of docs/install.md).",
+        _number(int, 0, 10),
     ),
 )
 
@@ -487,6 +496,7 @@ class WebConfig:
     secure_cookies: bool
     login_attempts: int
     login_lockout_s: int
+    trusted_proxies: int
 
 
 @dataclass(frozen=True)

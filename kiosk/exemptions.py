@@ -16,7 +16,7 @@ from kiosk.actors import Actor, ActorRole
 from kiosk.audit import AuditTrail
 from kiosk.clock import Clock
 from kiosk.db import Executor, connection_of
-from kiosk.errors import NotFound, PermissionDenied, ValidationError
+from kiosk.errors import ConflictError, NotFound, PermissionDenied, ValidationError
 from kiosk.models import Exemption, ExemptionKind, Pupil
 from kiosk.text import clean_text
 
@@ -100,7 +100,7 @@ def revoke(
     if exemption is None:
         raise NotFound(f"no exemption {exemption_id}")
     if exemption.revoked_at is not None:
-        raise ValidationError(f"exemption {exemption_id} was already revoked")
+        raise ConflictError(f"exemption {exemption_id} was already revoked")
     reason = clean_text(reason, "the reason for revoking", max_length=500)
     exemption.revoked_at, exemption.revoked_by = clock.now(), actor.label
     exemption.revoke_reason = reason

@@ -58,15 +58,22 @@ def _read_secret(path: Path) -> bytes:
     if len(secret) < 32:
         raise InstanceError(f"{path} is too short to be a site secret; restore it from a backup")
     mode = stat.S_IMODE(path.stat().st_mode)
-    if mode & 0o077:
-        log.warning("%s is readable by other users (mode %o); run: chmod 600 %s", path, mode, path)
+    if mode & 0o027:  # the group may read it (the web app's own user, on a Pi); no more
+        log.warning(
+            "%s is open to other users (mode %o); run: chmod 600 %s (640 where the web app "
+            "runs as its own user in the instance's group)",
+            path,
+            mode,
+            path,
+        )
     return secret
 
 
 def _make_private_database(path: Path) -> str | None:
     """Create the empty SQLite file ``path`` with mode 0600 before SQLite first opens it
-    (SQLite gives its -wal and -shm files the database file's mode), or take an existing
-    one's group and other permissions away. Returns what was done, for the CLI to report."""
+    (SQLite gives its -wal and -shm files the database file's mode), or take other users'
+    permissions away from an existing one (its group keeps theirs: on a Pi the web app runs
+    as its own user in the instance's group). Returns what was done, for the CLI to report."""
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
@@ -78,13 +85,13 @@ def _make_private_database(path: Path) -> str | None:
     for item in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
         try:
             mode = stat.S_IMODE(item.stat().st_mode)
-            if item.is_file() and mode & 0o077:
-                item.chmod(mode & 0o700)
+            if item.is_file() and mode & 0o007:
+                item.chmod(mode & 0o770)
                 changed.append(f"{item.name} (was {mode:o})")
         except FileNotFoundError:
             continue
     if changed:
-        return f"made the database private (mode 0600): {', '.join(changed)}"
+        return f"made the database private to its owner and group: {', '.join(changed)}"
     return None
 
 

@@ -151,8 +151,31 @@ def _lock_holder(connection: Connection) -> str:
     return f"{who} (PID {pid}{where}{since})"
 
 
+def refuse_newer_schema(database: Database) -> None:
+    """InstanceError when the database's schema revision is unknown to this software: a
+    newer version wrote it, and this one must not touch it (``locker init`` cannot
+    "upgrade" it; only the newer software can use it)."""
+    current = current_revision(database)
+    if current is None:
+        return
+    script = ScriptDirectory.from_config(alembic_config())
+    try:
+        known = script.get_revision(current) is not None
+    except Exception:  # alembic: ResolutionError, CommandError for an unknown revision
+        known = False
+    if not known:
+        raise InstanceError(
+            f"the database {database.safe_url} was written by a newer version of the phone "
+            f"locker software (schema {current}; this version knows up to "
+            f"{head_revision()}): upgrade the software to that version or later "
+            "(docs/operations.md, Upgrading); this version leaves the database untouched"
+        )
+
+
 def ensure_current(database: Database) -> None:
-    """InstanceError (saying to run ``locker init``) unless the schema is at the head."""
+    """InstanceError (saying to run ``locker init``, or to upgrade the software when a newer
+    version wrote the database) unless the schema is at the head."""
+    refuse_newer_schema(database)
     current, head = current_revision(database), head_revision()
     if current is None:
         raise InstanceError(f"the database {database.safe_url} has no tables: run `locker init`")

@@ -9,6 +9,7 @@ from datetime import UTC, date, datetime, time
 
 from kiosk.actors import ActorRole
 from kiosk.config import PolicyConfig
+from kiosk.errors import ValidationError
 from kiosk.models import Pupil
 
 
@@ -31,11 +32,20 @@ class Policy:
         return datetime.combine(day, moment, tzinfo=self.zone).astimezone(UTC)
 
     def day_bounds(self, day: date) -> tuple[datetime, datetime]:
-        """UTC start (inclusive) and end (exclusive) of the local ``day``."""
-        start = datetime.combine(day, time(0), tzinfo=self.zone).astimezone(UTC)
-        end = datetime.combine(
-            date.fromordinal(day.toordinal() + 1), time(0), tzinfo=self.zone
-        ).astimezone(UTC)
+        """UTC start (inclusive) and end (exclusive) of the local ``day``.
+
+        ValidationError for a day at the very edge of the calendar (year 1 or 9999), whose
+        bounds cannot be written as UTC times: no school day is there.
+        """
+        try:
+            start = datetime.combine(day, time(0), tzinfo=self.zone).astimezone(UTC)
+            end = datetime.combine(
+                date.fromordinal(day.toordinal() + 1), time(0), tzinfo=self.zone
+            ).astimezone(UTC)
+        except (OverflowError, ValueError):
+            raise ValidationError(
+                f"{day.isoformat()} is too far from today to be a school day"
+            ) from None
         return start, end
 
     def in_deposit_window(self, when: datetime) -> bool:

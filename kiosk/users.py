@@ -420,33 +420,48 @@ def set_password(
     audit.record(session, clock, actor, "user.password_changed", details={"user": user.username})
 
 
+def verify_password(stored_hash: str | None, password: str) -> bool:
+    """Does ``password`` match ``stored_hash`` (argon2id)? With no hash (no such user, or
+    disabled) the same work is done against a dummy, so that the time taken does not say
+    which names exist. Slow on purpose (~0.1 s): call it outside any write transaction."""
+    global _DUMMY_HASH
+    if stored_hash is None:
+        if _DUMMY_HASH is None:
+            _DUMMY_HASH = _hasher.hash(secrets.token_hex(16))  # nobody knows it
+        with contextlib.suppress(VerificationError, InvalidHashError):
+            _hasher.verify(_DUMMY_HASH, password)
+        return False
+    try:
+        return bool(_hasher.verify(stored_hash, password))
+    except (VerificationError, InvalidHashError):
+        return False
+
+
+def needs_rehash(stored_hash: str) -> bool:
+    """Whether ``stored_hash`` was made with weaker parameters than this version's."""
+    try:
+        return _hasher.check_needs_rehash(stored_hash)
+    except (InvalidHashError, ValueError):
+        return False
+
+
 def authenticate(session: Session, username: str, password: str) -> User | None:
-    """The active user whose password matches, else None (same work either way)."""
+    """The active user whose password matches, else None (same work either way). Verifies
+    inside the caller's session: the web app reads, verifies and writes apart instead
+    (``web.auth``), so no write lock is held while argon2 runs."""
     user = session.execute(
         select(User).where(User.username == username.strip().lower())
     ).scalar_one_or_none()
-    if user is None or not user.active:
-        _hasher_dummy_verify(password)
+    active = user is not None and user.active
+    if not verify_password(user.password_hash if active else None, password):
         return None
-    try:
-        _hasher.verify(user.password_hash, password)
-    except (VerificationError, InvalidHashError):
-        return None
-    if _hasher.check_needs_rehash(user.password_hash):
+    assert user is not None
+    if needs_rehash(user.password_hash):
         user.password_hash = hash_password(password)
     return user
 
 
 _DUMMY_HASH: str | None = None
-
-
-def _hasher_dummy_verify(password: str) -> None:
-    """Spend the time of a real check so response times do not reveal which names exist."""
-    global _DUMMY_HASH
-    if _DUMMY_HASH is None:
-        _DUMMY_HASH = _hasher.hash(secrets.token_hex(16))
-    with contextlib.suppress(VerificationError):
-        _hasher.verify(_DUMMY_HASH, password)
 
 
 def token_digest(token: str) -> str:

@@ -19,8 +19,9 @@ from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
-from flask import Flask, request
+from flask import Flask, current_app, request
 from flask_wtf.csrf import CSRFError, CSRFProtect
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from kiosk.clock import SystemClock
 from kiosk.instance import Instance
@@ -51,6 +52,8 @@ def _settings(instance: Instance, simulated: bool) -> dict[str, Any]:
         "JSON_SORT_KEYS": False,
         "LOCKER_LOGIN_ATTEMPTS": web.login_attempts,
         "LOCKER_LOGIN_LOCKOUT_S": web.login_lockout_s,
+        # How many reverse proxies stand in front of the app (0: X-Forwarded-For ignored).
+        "LOCKER_TRUSTED_PROXIES": web.trusted_proxies,
         "LOCKER_HEARTBEAT_S": instance.config.kiosk.heartbeat_s,
         "LOCKER_GRID_POLL_MS": 2000,
         "LOCKER_SCREEN_POLL_MS": 120,
@@ -90,6 +93,7 @@ def create_app(
     )
 
     app = Flask(__name__)
+    app.wsgi_app = TrustedProxies(app)  # type: ignore[method-assign]
     app.config["LOCKER_CLOCK"] = SystemClock()
     app.config.update(_settings(instance, simulated))
     if testing:
@@ -125,6 +129,7 @@ def create_app(
         log.warning("simulated hardware: the /sim endpoints are open to anyone")
     csrf.init_app(app)  # after the access check: strangers are sent to sign in first
     core.register_error_handlers(app)
+    app.add_url_rule("/favicon.ico", "favicon", favicon)
 
     @app.errorhandler(CSRFError)
     def csrf_error(error: CSRFError) -> Any:
@@ -140,11 +145,42 @@ def create_app(
         headers.setdefault("X-Content-Type-Options", "nosniff")
         headers.setdefault("X-Frame-Options", "DENY")
         headers.setdefault("Referrer-Policy", "same-origin")
-        if request.endpoint != "static":
+        if request.endpoint not in ("static", "favicon"):
             headers.setdefault("Cache-Control", "no-store")
         return response
 
     return app
+
+
+class TrustedProxies:
+    """WSGI middleware: the client's address from ``X-Forwarded-For``, through werkzeug's
+    ProxyFix, only when ``app.config["LOCKER_TRUSTED_PROXIES"]`` (``[web]
+    trusted_proxies``) says how many proxies to trust; with 0 (the default) the header is
+    ignored, since anyone can send it. Only the address is taken (the sign-in throttle and
+    the audit trail need it); the scheme and host stay as the proxy passes them. Read at
+    each request, like every setting."""
+
+    def __init__(self, app: Flask) -> None:
+        self.app = app
+        self.inner = app.wsgi_app
+        self._fixed: dict[int, ProxyFix] = {}
+
+    def __call__(self, environ: Any, start_response: Any) -> Any:
+        count = int(self.app.config.get("LOCKER_TRUSTED_PROXIES") or 0)
+        if count <= 0:
+            return self.inner(environ, start_response)
+        fixed = self._fixed.get(count)
+        if fixed is None:
+            fixed = self._fixed.setdefault(
+                count, ProxyFix(self.inner, x_for=count, x_proto=0, x_host=0)
+            )
+        return fixed(environ, start_response)
+
+
+def favicon() -> Any:
+    """``/favicon.ico``, which browsers ask for by themselves: the icon the pages name
+    (``static/favicon.svg``), so that no page logs a 404."""
+    return current_app.send_static_file("favicon.svg")
 
 
 def tune_for_serving() -> None:

@@ -34,6 +34,7 @@ Rule = frozenset[Role] | Literal["public", "release"]
 # endpoint -> who may use it. Keep in step with the routes (tests/web/test_access.py).
 ACCESS: dict[str, Rule] = {
     "static": PUBLIC,
+    "favicon": PUBLIC,
     # sign in and out
     "auth.login": PUBLIC,
     "auth.logout": ANY_STAFF,

@@ -224,6 +224,8 @@ def grant_exemption(
 
 
 def revoke_exemption(session: Session, exemption_id: int, reason: str) -> Exemption:
+    """Revoke an exemption (admin); revoking one already revoked is a conflict with its
+    state (409, ConflictError from the ledger), not bad input."""
     instance = core.instance()
     return exemptions.revoke(
         session,

@@ -16,7 +16,6 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
 from sqlalchemy import select
-from werkzeug.exceptions import UnsupportedMediaType
 
 from kiosk import commands as kiosk_commands
 from kiosk import exemptions
@@ -49,12 +48,7 @@ def _csrf_for_sessions() -> None:
 
 
 def _body() -> dict[str, Any]:
-    if not request.is_json:
-        raise UnsupportedMediaType("send a JSON object (Content-Type: application/json)")
-    data = request.get_json(silent=True)
-    if not isinstance(data, dict):
-        raise ValidationError("the body must be a JSON object")
-    return data
+    return core.json_object()
 
 
 def _text(data: dict[str, Any], key: str, *, required: bool = True) -> str | None:
@@ -84,9 +78,17 @@ def _id(data: dict[str, Any], key: str) -> int | None:
     return value
 
 
-def _date(data: dict[str, Any], key: str, *, required: bool = False) -> date | None:
-    value = _text(data, key, required=required)
+def _date(data: dict[str, Any], key: str) -> date | None:
+    """An optional YYYY-MM-DD date (an empty text counts as absent)."""
+    value = _text(data, key, required=False)
     return core.parse_date(value, key) if value is not None else None
+
+
+def _required_date(data: dict[str, Any], key: str) -> date:
+    day = _date(data, key)
+    if day is None:
+        raise ValidationError(f"{key} is required (a date YYYY-MM-DD)")
+    return day
 
 
 def _query_int(name: str, default: int, minimum: int, maximum: int) -> int:
@@ -332,9 +334,11 @@ def compartments() -> Any:
         if kiosk is not None and kiosk not in {k.name for k in statuses}:
             raise NotFound(f"no kiosk {kiosk!r}")
         cells = queries.grid(session, kiosk)
+        awaiting = queries.awaiting_count(session)
     payload = {
         "kiosks": [kiosk_json(k) for k in statuses if kiosk is None or k.name == kiosk],
         "compartments": [compartment_json(cell) for cell in cells],
+        "awaiting_collection": awaiting,
     }
     return _conditional(payload)
 
@@ -459,8 +463,7 @@ def exemptions_list() -> Any:
     raw = request.args.get("active_on")
     if raw is not None and not raw.strip():
         raise ValidationError("active_on: expected a date YYYY-MM-DD")
-    day = core.parse_date(raw, "active_on", core.today())
-    assert day is not None
+    day = core.parse_date(raw, "active_on") or core.today()
     with core.reader() as session:
         rows = exemptions.active_on(session, day)
         pupils = {
@@ -477,8 +480,7 @@ def exemptions_list() -> Any:
 @bp.post("/exemptions")
 def exemptions_create() -> Any:
     data = _body()
-    starts_on = _date(data, "starts_on", required=True)
-    assert starts_on is not None
+    starts_on = _required_date(data, "starts_on")
     with core.writer() as session:
         exemption = actions.grant_exemption(
             session,

@@ -94,7 +94,7 @@ def new() -> Any:
                 "confiscations/new.html", error=str(error), **_form_context(session, form)
             )
         return page, core.status_for(error)
-    flash("Confiscation recorded.", "ok")
+    # The notice page says "Confiscation recorded." itself (done=1): no flash as well.
     return redirect(
         url_for("confiscations.notice", custody_id=record_id, command=command_id, done=1), 303
     )
@@ -185,13 +185,18 @@ def notice(custody_id: int) -> Any:
     record = item.record
     if core.role() is Role.STAFF and record.confiscated_by != core.actor().label:
         raise PermissionDenied("staff may print the notice only for devices they confiscated")
-    held = record.ever_held and not core.sees_restricted()
+    # Under hold (or handed to the police) the notice only says to contact the DSL; once
+    # a hold is lifted the usual notice applies again, without the reason (which may
+    # carry the concern) for those who may not read it.
+    held = record.state in (CustodyState.SAFEGUARDING_HOLD, CustodyState.HANDED_TO_POLICE)
+    hide_reason = record.ever_held and not core.sees_restricted()
     return render_template(
         "confiscations/notice.html",
         item=item,
         command=command,
         done=request.args.get("done") == "1",
         held=held,
+        hide_reason=hide_reason,
         site_name=current_app.config["LOCKER_SITE_NAME"],
         policy=core.instance().policy,
     )

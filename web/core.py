@@ -8,7 +8,9 @@ responses here: an HTML page for people, ``{"error": "..."}`` for the JSON API.
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,7 +22,7 @@ from flask import current_app, jsonify, render_template, request
 from flask_login import current_user
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, UnsupportedMediaType
 from werkzeug.routing import BaseConverter
 from werkzeug.routing import ValidationError as RoutingValidationError
 
@@ -184,6 +186,48 @@ def register_error_handlers(app: Any) -> None:
 
 # ------------------------------------------------------------------------------ input
 
+#: How deeply a JSON body may nest. Every body the API and the simulator take is a flat
+#: object; a little room is left for a client that sends nested extras we ignore.
+JSON_MAX_DEPTH = 16
+
+
+def json_object() -> dict[str, Any]:
+    """The request's body as a JSON object: the one way every JSON endpoint reads a body.
+
+    415 when it is not sent as JSON; 400 (a :class:`ValidationError`) when it is not valid
+    JSON, not an object, or nested deeper than :data:`JSON_MAX_DEPTH` (Python's parser
+    would otherwise run out of recursion on ``[[[[...`` and answer 500).
+    """
+    if not request.is_json:
+        raise UnsupportedMediaType("send a JSON object (Content-Type: application/json)")
+    raw = request.get_data(cache=True)
+    if _nesting(raw) > JSON_MAX_DEPTH:
+        raise ValidationError(f"the body is nested too deeply (at most {JSON_MAX_DEPTH} levels)")
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        raise ValidationError("the body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise ValidationError("the body must be a JSON object")
+    return data
+
+
+_STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"?', re.DOTALL)
+_BRACKETS = re.compile(rb"[\[\]{}]")
+
+
+def _nesting(raw: bytes) -> int:
+    """The deepest nesting of arrays and objects in ``raw`` JSON (brackets inside strings
+    do not count), without parsing it: linear time, no recursion."""
+    depth = deepest = 0
+    for bracket in _BRACKETS.findall(_STRINGS.sub(b"", raw)):
+        if bracket in (b"[", b"{"):
+            depth += 1
+            deepest = max(deepest, depth)
+        else:
+            depth = max(0, depth - 1)
+    return deepest
+
 
 #: The largest record id: ids are 32-bit in the database (PostgreSQL's ``integer``).
 MAX_ID = 2**31 - 1
@@ -205,14 +249,27 @@ class IdConverter(BaseConverter):
         return str(int(value))
 
 
+#: The dates a form or query may name: a range every calendar sum the pages do (a day
+#: either side, a month of reports back) stays well inside, in any timezone.
+MIN_DATE = date(1900, 1, 1)
+MAX_DATE = date(2199, 12, 31)
+
+
 def parse_date(value: str | None, what: str, default: date | None = None) -> date | None:
-    """A YYYY-MM-DD date from a form or query, ``default`` when empty."""
+    """A YYYY-MM-DD date from a form or query, ``default`` when empty; ValidationError (400)
+    for anything else, and for a date outside :data:`MIN_DATE` .. :data:`MAX_DATE`."""
     if value is None or not value.strip():
         return default
     try:
-        return date.fromisoformat(value.strip())
+        day = date.fromisoformat(value.strip())
     except ValueError:
         raise ValidationError(f"{what}: expected a date YYYY-MM-DD, got {value[:20]!r}") from None
+    if not MIN_DATE <= day <= MAX_DATE:
+        raise ValidationError(
+            f"{what}: {day.isoformat()} is out of range; choose a date from "
+            f"{MIN_DATE.isoformat()} to {MAX_DATE.isoformat()}"
+        )
+    return day
 
 
 def parse_int(value: Any, what: str, *, minimum: int = 0, maximum: int = 2**31 - 1) -> int:
@@ -231,10 +288,24 @@ def today() -> date:
     return instance().policy.school_day(now())
 
 
-def local(when: datetime | None, fmt: str = "%d %b %Y %H:%M") -> str:
-    if when is None:
+def local(when: datetime | str | None, fmt: str = "%d %b %Y %H:%M") -> str:
+    """``when`` in the school's local time (the policy's timezone). ``when`` may be an
+    ISO 8601 text (as the kiosk publishes its times); text that is not one is shown as it
+    is, and a time without a zone is taken as UTC."""
+    if when is None or when == "":
         return ""
-    return instance().policy.local(when).strftime(fmt)
+    if not isinstance(when, str | datetime):  # what a kiosk published, as it is
+        return str(when)[:40]
+    if isinstance(when, str):
+        try:
+            parsed = datetime.fromisoformat(when)
+        except ValueError:
+            return when[:40]
+        when = parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+    try:
+        return instance().policy.local(when).strftime(fmt)
+    except (OverflowError, ValueError):  # a time at the very edge of the calendar
+        return when.isoformat()
 
 
 def age_text(when: datetime | None, reference: datetime | None = None) -> str:

@@ -69,8 +69,7 @@ def grant() -> Any:
     """Approve an exemption (admin): pupil, kind, dates or review date, agreement."""
     form = {key: value[:600] for key, value in request.form.items() if key != "csrf_token"}
     try:
-        starts_on = core.parse_date(form.get("starts_on"), "starts on", core.today())
-        assert starts_on is not None
+        starts_on = core.parse_date(form.get("starts_on"), "starts on") or core.today()
         with core.writer() as session:
             exemption = actions.grant_exemption(
                 session,

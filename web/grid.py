@@ -11,10 +11,9 @@ from itertools import groupby
 from typing import Any
 
 from flask import Blueprint, current_app, redirect, render_template, request, url_for
-from sqlalchemy import func, select
 
 from kiosk.errors import NotFound
-from kiosk.models import CustodyRecord, CustodyState, Role
+from kiosk.models import Role
 
 from . import core, queries, sim
 
@@ -36,13 +35,7 @@ def index() -> Any:
         if chosen is not None and chosen not in {k.name for k in kiosks}:
             raise NotFound(f"no kiosk {chosen!r}")
         cells = queries.grid(session, chosen)
-        awaiting = session.execute(
-            select(func.count())
-            .select_from(CustodyRecord)
-            .where(
-                CustodyRecord.state.in_((CustodyState.CONFISCATED, CustodyState.SAFEGUARDING_HOLD))
-            )
-        ).scalar_one()
+        awaiting = queries.awaiting_count(session)
         panel = sim.panel(session) if simulated else None
     by_kiosk = {name: list(group) for name, group in groupby(cells, key=lambda c: c.kiosk)}
     shown = [k for k in kiosks if chosen is None or k.name == chosen]

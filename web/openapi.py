@@ -39,8 +39,24 @@ def _ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
-def _text(max_length: int) -> dict[str, Any]:
-    return {"type": "string", "minLength": 1, "maxLength": max_length}
+#: What :func:`kiosk.text.clean_text` refuses in free text: control characters other
+#: than tab and newline (an ECMA-262 pattern, as OpenAPI's are).
+NO_CONTROL = "^[^\\u0000-\\u0008\\u000b-\\u001f\\u007f-\\u009f]*$"
+NO_CONTROL_TEXT = "No control characters (tab and newline are allowed)."
+
+
+def _text(max_length: int, *, min_length: int = 1) -> dict[str, Any]:
+    """Free text typed by a person: trimmed, at most ``max_length`` characters, no control
+    characters (400 otherwise)."""
+    schema: dict[str, Any] = {
+        "type": "string",
+        "maxLength": max_length,
+        "pattern": NO_CONTROL,
+        "description": NO_CONTROL_TEXT,
+    }
+    if min_length:
+        schema["minLength"] = min_length
+    return schema
 
 
 PUPIL = _object(
@@ -218,7 +234,7 @@ REQUESTS: dict[str, Any] = {
                 "or kiosk:NAME (a secure compartment of that kiosk, which opens)",
                 "pattern": "^(safe|locker|kiosk:[a-z0-9_-]+)$",
             },
-            "device": {"type": "string", "maxLength": 120},
+            "device": _text(120, min_length=0),
             "referral": {
                 **_text(1000),
                 "description": "An urgent safeguarding referral: the device goes under hold.",
@@ -234,7 +250,7 @@ REQUESTS: dict[str, Any] = {
             "ends_on": {"type": "string", "format": "date"},
             "review_on": {"type": "string", "format": "date"},
             "agreement_reference": _text(120),
-            "notes": {"type": "string", "maxLength": 500},
+            "notes": _text(500, min_length=0),
         },
         required=["admission_number", "kind", "starts_on", "agreement_reference"],
     ),
@@ -352,6 +368,12 @@ def document() -> dict[str, Any]:
                                         "type": "array",
                                         "items": _ref("Compartment"),
                                     },
+                                    "awaiting_collection": {
+                                        "type": "integer",
+                                        "minimum": 0,
+                                        "description": "Confiscated devices (held ones "
+                                        "included) awaiting collection, in every cabinet",
+                                    },
                                 }
                             )
                         ),
@@ -372,11 +394,23 @@ def document() -> dict[str, Any]:
                     "summary": "Custody records (active ones unless state says otherwise)",
                     "operationId": "listCustody",
                     "parameters": [
-                        _query(
-                            "state",
-                            STRING,
-                            "Comma-separated states, e.g. CONFISCATED,SAFEGUARDING_HOLD",
-                        ),
+                        {
+                            **_query(
+                                "state",
+                                {
+                                    "type": "array",
+                                    "items": {
+                                        "type": "string",
+                                        "enum": [s.value for s in CustodyState],
+                                    },
+                                },
+                                "Comma-separated states, e.g. CONFISCATED,SAFEGUARDING_HOLD "
+                                "(case-insensitive; default: the active ones); an unknown "
+                                "state is a 400",
+                            ),
+                            "style": "form",
+                            "explode": False,
+                        },
                         _query("pupil", STRING, "Only this pupil (admission number)"),
                         _query(
                             "limit",
@@ -456,7 +490,11 @@ def document() -> dict[str, Any]:
                     "operationId": "revokeExemption",
                     "parameters": [_path_id("exemption_id")],
                     "requestBody": _body("RevokeRequest"),
-                    "responses": {**_ok(_object({"exemption": _ref("Exemption")})), **BODY_ERRORS},
+                    "responses": {
+                        **_ok(_object({"exemption": _ref("Exemption")})),
+                        **BODY_ERRORS,
+                        "409": _error("The exemption was already revoked"),
+                    },
                 }
             },
             "/api/v1/events": {

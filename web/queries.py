@@ -378,6 +378,16 @@ def awaiting_collection(session: Session) -> list[CustodyItem]:
     return custody_items(session, query)
 
 
+def awaiting_count(session: Session) -> int:
+    """How many confiscated devices await collection (held ones included): the dashboard's
+    "N awaiting collection"."""
+    return session.execute(
+        select(func.count())
+        .select_from(CustodyRecord)
+        .where(CustodyRecord.state.in_((S.CONFISCATED, S.SAFEGUARDING_HOLD)))
+    ).scalar_one()
+
+
 def custody_item(session: Session, record_id: int) -> CustodyItem | None:
     rows = custody_items(session, custody_query().where(CustodyRecord.id == record_id))
     return rows[0] if rows else None

@@ -55,10 +55,11 @@ class Report:
 
 
 def _range() -> tuple[date, date]:
+    """The report's days from ``from`` and ``to`` (default: the 30 days to today); 400 for
+    a bad or out-of-range date (:func:`web.core.parse_date`) or too long a span."""
     today = core.today()
-    end = core.parse_date(request.args.get("to"), "to", today)
-    start = core.parse_date(request.args.get("from"), "from", (end or today) - timedelta(days=29))
-    assert start is not None and end is not None
+    end = core.parse_date(request.args.get("to"), "to") or today
+    start = core.parse_date(request.args.get("from"), "from") or end - timedelta(days=29)
     if start > end:
         raise ValidationError("the report starts after it ends")
     if (end - start).days >= MAX_DAYS:

@@ -10,9 +10,10 @@ import logging
 from datetime import datetime
 from typing import Any
 
-from flask import Flask, current_app, request
+from flask import Flask, current_app, g, request
+from sqlalchemy import select
 
-from kiosk.models import Role
+from kiosk.models import Role, User
 
 from . import access, core
 
@@ -35,8 +36,33 @@ NAV: tuple[tuple[str, str], ...] = (
 )
 
 
-def _local(when: datetime | None, fmt: str = "%d %b %Y %H:%M") -> str:
+def _local(when: datetime | str | None, fmt: str = "%d %b %Y %H:%M") -> str:
     return core.local(when, fmt)
+
+
+def _display_names() -> dict[str, str]:
+    """Every member of staff's display name by user name (read once per request)."""
+    names = getattr(g, "locker_display_names", None)
+    if names is None:
+        with core.reader() as session:
+            names = dict(session.execute(select(User.username, User.display_name)).all())
+        g.locker_display_names = names
+    return names
+
+
+def who(label: str | None) -> str:
+    """An actor as people read it: ``user:head`` is the head's display name, ``kiosk:main``
+    "kiosk main", ``system:cli`` "system (cli)", ``pupil:1234`` "pupil 1234"."""
+    if not label:
+        return ""
+    kind, _, name = label.partition(":")
+    if kind == "user" and name:
+        return _display_names().get(name, name)
+    if kind in ("kiosk", "pupil") and name:
+        return f"{kind} {name}"
+    if kind == "system":
+        return f"system ({name})" if name else "system"
+    return label
 
 
 def _nav() -> list[dict[str, Any]]:
@@ -52,6 +78,7 @@ def _nav() -> list[dict[str, Any]]:
 def init_app(app: Flask) -> None:
     app.jinja_env.filters["local"] = _local
     app.jinja_env.filters["ago"] = core.age_text
+    app.jinja_env.filters["who"] = who
     app.jinja_env.filters["duration"] = core.duration_text
     app.jinja_env.trim_blocks = True
     app.jinja_env.lstrip_blocks = True

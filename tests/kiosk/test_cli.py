@@ -1116,11 +1116,14 @@ def test_the_database_is_private_from_the_start(run: Run, home: Path, tmp_path: 
             assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
     finally:
         instance.close()
-    # An instance made before this was fixed gets its database made private by `init`.
-    (home / "locker.db").chmod(0o644)
+    # An instance made before this was fixed gets other users' access taken away by `init`;
+    # the group keeps its own (on a Pi the web app's user reads and writes through it).
+    (home / "locker.db").chmod(0o664)
     again = run("--home", home, "init")
     assert again.code == 0 and "made the database private" in again.out
-    assert stat.S_IMODE((home / "locker.db").stat().st_mode) == 0o600
+    assert stat.S_IMODE((home / "locker.db").stat().st_mode) == 0o660
+    (home / "locker.db").chmod(0o660)
+    assert "made the database private" not in run("--home", home, "init").out
 
 
 @pytest.mark.parametrize("dest", ["{tmp}/missing/", "{tmp}/missing/deeper/", "{tmp}/missing/b.db"])
@@ -1193,3 +1196,65 @@ def test_the_cli_logs_under_its_module_name() -> None:
     from kiosk import cli
 
     assert cli.log.name == cli.__name__ == "kiosk.cli"
+
+
+def test_init_refuses_a_shared_database_written_with_another_secret(
+    run: Run, home: Path, tmp_path: Path
+) -> None:
+    """A second cabinet pointed at the school's database with a secret.key of its own: its
+    events would break the chain for everyone and its cards would never match."""
+    assert run("--home", home, "init").code == 0
+    second = tmp_path / "second"
+    second.mkdir()
+    (second / "config.toml").write_text(
+        f'[database]\nurl = "sqlite:///{home / "locker.db"}"\n[kiosk]\nname = "room7"\n',
+        encoding="utf-8",
+    )
+    before = dump(home / "locker.db")
+    result = run("--home", second, "init")
+    line = assert_user_error(result)
+    assert result.code == 78 and "secret.key" in line and "copy it" in line
+    assert dump(home / "locker.db") == before
+    # With the first machine's secret it joins.
+    (second / "secret.key").write_bytes((home / "secret.key").read_bytes())
+    assert run("--home", second, "init").code == 0
+    assert run("--home", home, "audit", "verify").code == 0
+
+
+def test_init_seals_a_database_upgraded_from_before_seals(run: Run, home: Path) -> None:
+    from alembic import command
+
+    from kiosk import migrate
+
+    assert run("--home", home, "init").code == 0
+    instance = open_instance(home)
+    config = migrate.alembic_config()
+    with instance.database.engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.downgrade(config, "0003")
+    instance.close()
+    result = run("--home", home, "init")
+    assert result.code == 0 and "-> 0004" in result.out
+    verified = run("--home", home, "audit", "verify")
+    assert verified.code == 0, verified.err
+    instance = open_instance(home)
+    with instance.database.reader() as session:
+        kinds = session.execute(select(AuditEvent.kind).order_by(AuditEvent.seq)).scalars().all()
+    instance.close()
+    assert kinds[0] == "database.created" and kinds[-1] == "database.upgraded"
+
+
+def test_config_check_can_require_the_cabinet_to_be_described(run: Run, home: Path) -> None:
+    """A fresh instance passes its check on the default layout; the installer asks more
+    before it starts the kiosk: that the cabinet was described on purpose."""
+    assert run("--home", home, "init").code == 0
+    assert "the default layout" in run("--home", home, "config", "check").out
+    refused = run("--home", home, "config", "check", "--require-cabinet")
+    line = assert_user_error(refused)
+    assert refused.code == 78 and "set [hardware] compartments" in line
+    config = home / "config.toml"
+    text = config.read_text("utf-8")
+    hardware = text.index("[hardware]")  # its commented default, written out on purpose
+    text = text[:hardware] + text[hardware:].replace("# compartments = 24", "compartments = 24", 1)
+    config.write_text(text, "utf-8")
+    assert run("--home", home, "config", "check", "--require-cabinet").code == 0

@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import select
 
 from kiosk import exemptions
-from kiosk.errors import PermissionDenied, ValidationError
+from kiosk.errors import ConflictError, PermissionDenied, ValidationError
 from kiosk.models import AuditEvent, ExemptionKind, Role
 
 from .conftest import add_pupil, staff_actor
@@ -76,7 +76,7 @@ def test_revoked_exemptions_stop_applying(instance, session, clock):
         session, admin, clock, instance.audit, exemption_id=exemption.id, reason="trip cancelled"
     )
     assert not exemptions.is_exempt(session, pupil.id, date(2026, 9, 10))
-    with pytest.raises(ValidationError, match="already revoked"):
+    with pytest.raises(ConflictError, match="already revoked"):
         exemptions.revoke(
             session, admin, clock, instance.audit, exemption_id=exemption.id, reason="again"
         )

@@ -43,6 +43,7 @@ ALL_STAFF = {STAFF, OFFICE, DSL, ADMIN}
 OFFICE_UP = {OFFICE, DSL, ADMIN}
 EXPECTED: dict[str, set[str | None]] = {
     "static": EVERYONE,
+    "favicon": EVERYONE,
     "auth.login": EVERYONE,
     "auth.logout": ALL_STAFF,
     "grid.index": ALL_STAFF,  # staff are sent on to the confiscation form

@@ -68,8 +68,9 @@
     beat.textContent = k.heartbeat_at ? "heartbeat at " + new Date(k.heartbeat_at).toLocaleTimeString() : "never seen";
   }
 
-  function paintSummary(compartments) {
+  function paintSummary(compartments, awaiting) {
     var counts = { doors_open: 0, alarms: 0 };
+    if (typeof awaiting === "number") { counts.awaiting_collection = awaiting; }
     Object.keys(LABELS).forEach(function (s) { counts[s] = 0; });
     compartments.forEach(function (c) {
       counts[c.state] = (counts[c.state] || 0) + 1;
@@ -97,7 +98,7 @@
         if (data) {
           data.compartments.forEach(paintCell);
           data.kiosks.forEach(paintKiosk);
-          paintSummary(data.compartments);
+          paintSummary(data.compartments, data.awaiting_collection);
           root.dataset.version = String((parseInt(root.dataset.version || "0", 10) + 1));
         }
         statusLine.textContent = "Updated " + new Date().toLocaleTimeString() + ".";
