@@ -603,13 +603,17 @@ class CabinetSpec:
 
         owners: dict[PinRef, tuple[str, int | None]] = {}
 
-        def claim(pin: PinRef, label: str, compartment: int | None, *, shared: bool = False):
+        def claim(
+            pin: PinRef, label: str, compartment: int | None, key: str, *, shared: bool = False
+        ) -> None:
+            """Take ``pin`` for ``label`` (set by config ``key``), or PinConfigError."""
             prefix = f"compartment {compartment}: " if compartment is not None else ""
             if pin.on_pi:
                 if pin.number not in BCM_PINS:
                     raise PinConfigError(
                         f"{prefix}{label} {pin} does not exist: the Raspberry Pi header has "
                         "BCM GPIO 0-27",
+                        key=key,
                         compartment=compartment,
                         pin=str(pin),
                     )
@@ -617,6 +621,7 @@ class CabinetSpec:
                     raise PinConfigError(
                         f"{prefix}{label} {pin} is reserved: it is {reserved[pin.number]}; "
                         "choose another pin",
+                        key=key,
                         compartment=compartment,
                         pin=str(pin),
                     )
@@ -626,12 +631,14 @@ class CabinetSpec:
                     raise PinConfigError(
                         f"{prefix}{label} {pin}: no expander named {pin.expander!r} is declared "
                         f"under {where}.expanders (declared: {declared})",
+                        key=key,
                         compartment=compartment,
                         pin=str(pin),
                     )
                 if not 0 <= pin.number < EXPANDER_PINS:
                     raise PinConfigError(
                         f"{prefix}{label} {pin}: an MCP23017 has pins A0-A7 and B0-B7",
+                        key=key,
                         compartment=compartment,
                         pin=str(pin),
                     )
@@ -646,12 +653,18 @@ class CabinetSpec:
                 )
                 raise PinConfigError(
                     f"{prefix}{label} {pin} is already used as {owner}; each pin has one use",
+                    key=key,
                     compartment=compartment,
                     pin=str(pin),
                 )
             owners[pin] = (label, compartment)
 
-        claim(PinRef(None, self.reader.reset_pin), "reader reset pin", None)
+        claim(
+            PinRef(None, self.reader.reset_pin),
+            "reader reset pin",
+            None,
+            f"{where}.reader_reset_pin",
+        )
         for name, exp in sorted(self.expanders.items()):
             if exp.int_pin is not None:
                 if not exp.int_pin.on_pi:
@@ -659,12 +672,18 @@ class CabinetSpec:
                         f"expander {name}: int_pin must be a pin of the Pi, not {exp.int_pin}",
                         pin=str(exp.int_pin),
                     )
-                claim(exp.int_pin, f"interrupt pin of expander {name}", None, shared=True)
+                claim(
+                    exp.int_pin,
+                    f"interrupt pin of expander {name}",
+                    None,
+                    f"{where}.expanders.{name}.int_pin",
+                    shared=True,
+                )
         if self.indicators.led_pins is not None:
             for colour, pin in zip(("red", "green", "blue"), self.indicators.led_pins, strict=True):
-                claim(pin, f"status LED {colour} pin", None)
+                claim(pin, f"status LED {colour} pin", None, f"{where}.led_pins")
         if self.indicators.buzzer_pin is not None:
-            claim(self.indicators.buzzer_pin, "buzzer pin", None)
+            claim(self.indicators.buzzer_pin, "buzzer pin", None, f"{where}.buzzer_pin")
         for number in sorted(self.compartments):
             comp = self.compartments[number]
             if number != comp.number or number < 1:
@@ -672,8 +691,8 @@ class CabinetSpec:
                     f"{where}.compartments: compartment numbers start at 1 ({number})",
                     key=f"{where}.compartments.{number}",
                 )
-            claim(comp.lock, "lock pin", number)
-            claim(comp.door, "door pin", number)
+            claim(comp.lock, "lock pin", number, f"{where}.compartments.{number}.lock")
+            claim(comp.door, "door pin", number, f"{where}.compartments.{number}.door")
             if self.door_pull == "down" and not comp.door.on_pi:
                 raise PinConfigError(
                     f"compartment {number}: door pin {comp.door} is on an MCP23017, which has no "

@@ -143,3 +143,57 @@ def return_to_service(
         details={"compartment": number, "was": was},
     )
     return was
+
+
+def count_failed_unlock(
+    session: Session,
+    actor: Actor,
+    clock: Clock,
+    audit: AuditTrail,
+    compartment_id: int,
+    *,
+    out_of_service_after: int,
+) -> int:
+    """The rule for a jammed lock: compartment ``compartment_id`` was unlocked for someone
+    who meant to open it (a pupil, a member of staff at the kiosk) and its door never
+    opened. After ``out_of_service_after`` such failures in a row (a door seen open resets
+    the count) the compartment is taken out of service until the office puts it back
+    (:func:`return_to_service`). Returns the count."""
+    compartment = session.get(Compartment, compartment_id)
+    if compartment is None:
+        raise NotFound(f"no compartment {compartment_id}")
+    compartment.failed_unlocks += 1
+    compartment.updated_at = clock.now()
+    if compartment.failed_unlocks >= out_of_service_after and not compartment.out_of_service:
+        compartment.out_of_service = True
+        compartment.out_of_service_reason = (
+            f"the door did not open after {compartment.failed_unlocks} unlocks (jammed lock?)"
+        )
+        session.flush()
+        audit.record(
+            session,
+            clock,
+            actor,
+            "compartment.out_of_service",
+            details={
+                "compartment": compartment.number,
+                "reason": compartment.out_of_service_reason,
+            },
+        )
+    return compartment.failed_unlocks
+
+
+def take_out_of_service(
+    session: Session, kiosk: Kiosk, number: int | None, reason: str, clock: Clock
+) -> bool:
+    """Compartment ``number`` of ``kiosk`` out of service for ``reason`` (what a kiosk
+    recorded while offline, replayed); False if it already was, or does not exist."""
+    compartment = session.execute(
+        select(Compartment).where(Compartment.kiosk_id == kiosk.id, Compartment.number == number)
+    ).scalar_one_or_none()
+    if compartment is None or compartment.out_of_service:
+        return False
+    compartment.out_of_service = True
+    compartment.out_of_service_reason = reason[:200]
+    compartment.updated_at = clock.now()
+    return True

@@ -38,7 +38,7 @@ class CommandKind(enum.StrEnum):
     OPEN_ALL = "open_all"  # {}: staggered, for an emergency or the end of term
     ENROL_NEXT_CARD = "enrol_next_card"  # {pupil_id} or {user_id}: the next unknown card
     SIM_TAP = "sim.tap"  # {uid}: simulated hardware only
-    SIM_DOOR = "sim.door"  # {compartment, open}
+    SIM_DOOR = "sim.door"  # {compartment, open, forced?}: forced pulls it open while locked
     SIM_FAULT = "sim.fault"  # {fault, compartment?, on}
 
 
@@ -81,7 +81,15 @@ def _validate(kind: CommandKind, payload: Mapping[str, Any]) -> dict[str, Any]:
     if kind is CommandKind.SIM_DOOR:
         if not isinstance(payload.get("open"), bool):
             raise ValidationError("command payload: open must be true or false")
-        return {"compartment": _int(payload, "compartment"), "open": payload["open"]}
+        clean = {"compartment": _int(payload, "compartment"), "open": payload["open"]}
+        forced = payload.get("forced", False)
+        if not isinstance(forced, bool):
+            raise ValidationError("command payload: forced must be true or false")
+        if forced:
+            if not payload["open"]:
+                raise ValidationError("command payload: only an opening door can be forced")
+            clean["forced"] = True
+        return clean
     if kind is CommandKind.SIM_FAULT:
         fault = payload.get("fault")
         if fault not in SIM_FAULTS:

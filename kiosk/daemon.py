@@ -16,8 +16,10 @@ from sqlalchemy.exc import SQLAlchemyError
 from hardware.cabinet import Cabinet, open_cabinet
 from hardware.errors import HardwareError
 from hardware.spec import CabinetSpec
+from kiosk.cabinet_clock import LiveClock
 from kiosk.config import Config
-from kiosk.controller import Controller, LiveClock, unreachable
+from kiosk.controller import Controller, unreachable
+from kiosk.demo import DEMO_POLICY, prepare_demo, run_demo  # locker demo (kiosk.cli imports here)
 from kiosk.errors import ConfigError, LockerError
 from kiosk.instance import Instance
 from kiosk.migrate import ensure_current
@@ -42,8 +44,8 @@ def cabinet_spec(config: Config, *, simulate: bool = False) -> CabinetSpec:
         raw["compartments"] = count
     try:
         spec = CabinetSpec.from_mapping(raw)
-    except HardwareError as exc:
-        raise ConfigError(f"config.toml {exc}") from None
+    except HardwareError as exc:  # named where it was set: the file or an environment variable
+        raise ConfigError(f"{config.hardware_source(getattr(exc, 'key', None))}: {exc}") from None
     if len(spec.compartments) != count or set(spec.compartments) != set(range(1, count + 1)):
         raise ConfigError(
             f"[hardware] compartments describes {len(spec.compartments)} compartments but "
@@ -92,62 +94,11 @@ def run_kiosk(instance: Instance, *, simulate: bool = False, auto_open: bool = T
         clock.close()
 
 
-DEMO_POLICY = {
-    "deposit_window": "00:00-24:00",
-    "collection_window": "00:00-24:00",
-    "end_of_day": "24:00",
-    "confiscation_release_from": "00:00",
-}
-
-
-def prepare_demo(home: str | None) -> tuple[Instance, list[Any] | None]:
-    """Create (or upgrade) the demo instance and seed the demo school if it has no pupils.
-
-    Returns the instance opened with the demo's settings (policy windows open all day,
-    cookies allowed over plain HTTP on 127.0.0.1) and the new staff accounts, or None when
-    the instance already had pupils (its data is kept as it is)."""
-    from kiosk import cabinets, demo, migrate
-    from kiosk.actors import Actor
-    from kiosk.clock import SystemClock
-
-    created, _ = Instance.create(home)
-    migrate.upgrade(created.database)
-    created.close()
-    instance = Instance.open(
-        home, overrides={"policy": DEMO_POLICY, "web": {"secure_cookies": False}}
-    )
-    clock, actor = SystemClock(), Actor.system("demo")
-    with instance.database.transaction() as session:
-        cabinets.register(session, actor, clock, instance.audit, instance.config.kiosk)
-        accounts = demo.seed(session, actor, clock, instance.audit, instance.card_key)
-    return instance, accounts
-
-
-def run_demo(instance: Instance, *, port: int) -> None:
-    """The kiosk controller on simulated hardware (in a thread) and the web app on
-    127.0.0.1:``port`` (in this thread), until Ctrl-C or SIGTERM."""
-    import web  # the demo is the one process that runs both halves
-
-    spec = cabinet_spec(instance.config, simulate=True)
-    stop = threading.Event()
-    clock = LiveClock()
-    cabinet = open_cabinet(spec, clock=clock, auto_open=True)
-    controller = Controller(instance, cabinet, clock)
-    controller.start()
-    kiosk_thread = threading.Thread(target=controller.run, args=(stop,), name="kiosk-loop")
-    kiosk_thread.start()
-
-    def request_stop(signum: int, _frame: Any) -> None:
-        raise KeyboardInterrupt(signal.Signals(signum).name)
-
-    signal.signal(signal.SIGTERM, request_stop)
-    try:
-        app = web.create_app(instance, simulated=True)
-        web.serve(app, "127.0.0.1", port)
-    except KeyboardInterrupt:
-        log.info("demo stopping")
-    finally:
-        stop.set()
-        kiosk_thread.join(timeout=10)
-        cabinet.close()
-        clock.close()
+__all__ = [
+    "DEMO_POLICY",
+    "cabinet_spec",
+    "check_schema",
+    "prepare_demo",
+    "run_demo",
+    "run_kiosk",
+]

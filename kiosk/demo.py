@@ -9,8 +9,12 @@ database ever holding a UID in clear.
 from __future__ import annotations
 
 import hashlib
+import logging
+import signal
+import threading
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -20,6 +24,11 @@ from kiosk.actors import Actor
 from kiosk.audit import AuditTrail
 from kiosk.clock import Clock
 from kiosk.models import Contact, ExemptionKind, Pupil, PupilStatus, Role, User
+
+if TYPE_CHECKING:
+    from kiosk.instance import Instance
+
+log = logging.getLogger(__name__)
 
 FORMS = ("7A", "7B", "8A", "8B", "9A", "10A", "11A")
 FORENAMES = (
@@ -188,3 +197,75 @@ def seed(
     )
     audit.record(session, clock, actor, "demo.seeded", details={"pupils": index})
     return accounts
+
+
+# ------------------------------------------------------------------------------ locker demo
+
+#: The demo's policy: windows open all day, so every flow can be tried at any hour.
+DEMO_POLICY = {
+    "deposit_window": "00:00-24:00",
+    "collection_window": "00:00-24:00",
+    "end_of_day": "24:00",
+    "confiscation_release_from": "00:00",
+}
+
+
+def prepare_demo(home: str | None) -> tuple[Instance, list[Any] | None]:
+    """Create (or upgrade) the demo instance and seed the demo school if it has no pupils.
+
+    Returns the instance opened with the demo's settings (policy windows open all day,
+    cookies allowed over plain HTTP on 127.0.0.1) and the new staff accounts, or None when
+    the instance already had pupils (its data is kept as it is)."""
+    from kiosk import cabinets, migrate
+    from kiosk.clock import SystemClock
+    from kiosk.instance import Instance
+
+    created, _ = Instance.create(home)
+    migrate.upgrade(created.database)
+    created.close()
+    instance = Instance.open(
+        home, overrides={"policy": DEMO_POLICY, "web": {"secure_cookies": False}}
+    )
+    clock, actor = SystemClock(), Actor.system("demo")
+    with instance.database.transaction() as session:
+        cabinets.register(session, actor, clock, instance.audit, instance.config.kiosk)
+        accounts = seed(session, actor, clock, instance.audit, instance.card_key)
+    return instance, accounts
+
+
+def run_demo(instance: Instance, *, port: int) -> None:
+    """The kiosk controller on simulated hardware (in a thread) and the web app on
+    127.0.0.1:``port`` (in this thread), until Ctrl-C or SIGTERM.
+
+    The one process that runs both halves: the hardware layer and the web app are imported
+    here only, so neither ``web`` (which uses :func:`demo_uid`) nor the kiosk process
+    imports the other half."""
+    import web
+    from hardware.cabinet import open_cabinet
+    from kiosk.cabinet_clock import LiveClock
+    from kiosk.controller import Controller
+    from kiosk.daemon import cabinet_spec
+
+    spec = cabinet_spec(instance.config, simulate=True)
+    stop = threading.Event()
+    clock = LiveClock()
+    cabinet = open_cabinet(spec, clock=clock, auto_open=True)
+    controller = Controller(instance, cabinet, clock)
+    controller.start()
+    kiosk_thread = threading.Thread(target=controller.run, args=(stop,), name="kiosk-loop")
+    kiosk_thread.start()
+
+    def request_stop(signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGTERM, request_stop)
+    try:
+        app = web.create_app(instance, simulated=True)
+        web.serve(app, "127.0.0.1", port)
+    except KeyboardInterrupt:
+        log.info("demo stopping")
+    finally:
+        stop.set()
+        kiosk_thread.join(timeout=10)
+        cabinet.close()
+        clock.close()

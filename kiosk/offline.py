@@ -31,6 +31,7 @@ from typing import Any
 
 from sqlalchemy import (
     Column,
+    Connection,
     MetaData,
     String,
     Table,
@@ -85,6 +86,7 @@ _COPIED = (Kiosk, Compartment, Pupil, User, Card, Exemption, CustodyRecord)
 # The trigger of migration 0002 that moves the audit head with every insert (the mirror is a
 # cache built from the models, not migrated; the custody guards stay central, where the
 # record is kept: the mirror's records are replaced wholesale on every refresh).
+_HEAD_SEQ = select(AuditHead.__table__.c.seq).where(AuditHead.__table__.c.id == 1)
 _HEAD_FOLLOWS = text("""
     CREATE TRIGGER IF NOT EXISTS trg_audit_head_follows AFTER INSERT ON audit_events
     FOR EACH ROW
@@ -114,6 +116,11 @@ class LocalMirror:
         Base.metadata.create_all(self.database.engine)
         _local_meta.create_all(self.database.engine)
         with self.database.transaction() as session:
+            head_columns = {
+                row[1] for row in session.execute(text("PRAGMA table_info(audit_head)"))
+            }
+            if "seal" not in head_columns:  # a mirror made before heads were sealed
+                session.execute(text("ALTER TABLE audit_head ADD COLUMN seal VARCHAR(64)"))
             session.execute(_HEAD_FOLLOWS)
             if session.get(AuditHead, 1) is None:
                 session.add(
@@ -141,6 +148,15 @@ class LocalMirror:
         awaits replay, unless ``end_session`` (its replay is done): the session then ends
         in the same transaction, so no record made offline outlives its replay here."""
         with central.reader() as source:
+            if central.dialect == "postgresql":
+                # One snapshot for every table: a commit landing between two of the reads
+                # would otherwise give a copy whose rows point at rows it does not have.
+                source.connection(
+                    execution_options={
+                        "isolation_level": "REPEATABLE READ",
+                        "postgresql_readonly": True,
+                    }
+                )
             copied = {model: _rows(source, model) for model in _COPIED}
         with self.database.transaction() as session:
             if session.execute(select(_STATE.c.key).limit(1)).first() is not None:
@@ -229,6 +245,42 @@ class LocalMirror:
             )
         return session_id
 
+    @staticmethod
+    def head_seq(connection: Connection) -> int:
+        """The seq of the mirror's last audit event (in the caller's transaction)."""
+        return int(connection.execute(_HEAD_SEQ).scalar_one())
+
+    def note_redo(self, connection: Connection, before: int, how: str, unit: str) -> None:
+        """In the offline unit of work on ``connection``: its events (after local seq
+        ``before``) do again what central unit ``unit`` did ("done": it committed
+        centrally; "doubt": its commit may have, the reply was lost). The replay skips them
+        when the centre has them already."""
+        last = self.head_seq(connection)
+        if last > before:
+            connection.execute(
+                insert(_STATE),
+                {
+                    "key": f"redo:{before + 1}",
+                    "value": json.dumps({"last": last, "how": how, "unit": unit}),
+                },
+            )
+
+    def redo_notes(self) -> list[RedoNote]:
+        """What :meth:`note_redo` noted in the open offline session, oldest first."""
+        with self.database.reader() as session:
+            rows = session.execute(
+                select(_STATE.c.key, _STATE.c.value).where(_STATE.c.key.like("redo:%"))
+            ).all()
+        notes = []
+        for key, value in rows:
+            data = json.loads(value)
+            notes.append(
+                RedoNote(
+                    int(key.removeprefix("redo:")), int(data["last"]), data["how"], data["unit"]
+                )
+            )
+        return sorted(notes, key=lambda note: note.first)
+
     def outbox(self, after_seq: int) -> list[AuditEvent]:
         with self.database.reader() as session:
             return list(
@@ -236,6 +288,17 @@ class LocalMirror:
                     select(AuditEvent).where(AuditEvent.seq > after_seq).order_by(AuditEvent.seq)
                 ).scalars()
             )
+
+
+@dataclass(frozen=True)
+class RedoNote:
+    """Local events ``first``..``last`` (seqs) did again offline what a central unit of work
+    did (``how`` "done") or may have done ("doubt"); ``unit`` is that unit's key."""
+
+    first: int
+    last: int
+    how: str
+    unit: str
 
 
 def _rows(session: Session, model: type[Base]) -> list[dict[str, Any]]:
@@ -261,6 +324,8 @@ class ReplaySummary:
     applied: int = 0
     copied: int = 0
     skipped: int = 0
+    #: Events of units of work that had committed centrally already (a reply lost).
+    already_central: int = 0
     conflicts: list[dict[str, Any]] = field(default_factory=list)
     #: Records made offline: local id -> central id (None when it could not be recorded).
     created: dict[int, int | None] = field(default_factory=dict)
@@ -298,6 +363,12 @@ class Replayer:
                     )
                 ).scalars()
             }
+            # The key of the last unit of work this kiosk committed centrally.
+            last_unit = kiosk.state.get("unit") if isinstance(kiosk.state, dict) else None
+        central = set()  # local seqs of events whose unit of work the centre has already
+        for note in self.mirror.redo_notes():
+            if note.how == "done" or note.unit == last_unit:
+                central.update(range(note.first, note.last + 1))
         events = self.mirror.outbox(start_seq)
         created = summary.created
         for event in events:  # deposits already replayed before an interruption
@@ -308,7 +379,11 @@ class Replayer:
                 summary.skipped += 1
                 continue
             with self.central.transaction() as session:
-                outcome, custody_id = self._apply(session, kiosk, event, created, summary)
+                if event.seq in central:
+                    outcome, custody_id = self._already_central(session, kiosk, event, created)
+                    summary.already_central += 1
+                else:
+                    outcome, custody_id = self._apply(session, kiosk, event, created, summary)
                 session.add(
                     OfflineReplay(
                         kiosk_id=kiosk.id,
@@ -332,6 +407,7 @@ class Replayer:
                     "applied": summary.applied,
                     "copied": summary.copied,
                     "already_done": summary.skipped,
+                    "already_central": summary.already_central,
                     "conflicts": summary.conflicts,
                 },
             )
@@ -346,6 +422,32 @@ class Replayer:
         return summary
 
     # ------------------------------------------------------------------ one event
+
+    def _already_central(
+        self, session: Session, kiosk: Kiosk, event: AuditEvent, created: dict[int, int | None]
+    ) -> tuple[str, int | None]:
+        """An event the kiosk wrote again offline for a unit of work that had committed
+        centrally (its reply was lost): nothing to apply. A deposit it started is the one
+        the centre holds: the newest daily record of the pupil in that compartment (no
+        later one can exist: the kiosk went offline at once)."""
+        local = event.custody_id
+        if event.kind == "custody.deposit_started":
+            number = json.loads(event.details).get("compartment")
+            central_id = session.execute(
+                select(CustodyRecord.id)
+                .join(Compartment, Compartment.id == CustodyRecord.compartment_id)
+                .where(
+                    CustodyRecord.pupil_id == event.pupil_id,
+                    CustodyRecord.kiosk_id == kiosk.id,
+                    CustodyRecord.kind == CustodyKind.DAILY,
+                    Compartment.number == number,
+                )
+                .order_by(CustodyRecord.id.desc())
+                .limit(1)
+            ).scalar()
+            created[local] = central_id
+            return "already_central", central_id
+        return "already_central", created.get(local, local) if local is not None else None
 
     def _apply(
         self,
@@ -388,15 +490,9 @@ class Replayer:
         self, session: Session, kiosk: Kiosk, details: dict[str, Any], at: Clock
     ) -> None:
         """A lock that jammed while offline is out of service centrally too."""
-        compartment = session.execute(
-            select(Compartment).where(
-                Compartment.kiosk_id == kiosk.id, Compartment.number == details.get("compartment")
-            )
-        ).scalar_one_or_none()
-        if compartment is not None and not compartment.out_of_service:
-            compartment.out_of_service = True
-            compartment.out_of_service_reason = str(details.get("reason") or "offline")[:200]
-            compartment.updated_at = at.now()
+        cabinets.take_out_of_service(
+            session, kiosk, details.get("compartment"), str(details.get("reason") or "offline"), at
+        )
 
     def _actor(self, session: Session, event: AuditEvent) -> Actor:
         if event.actor.startswith("pupil:") and event.pupil_id is not None:
@@ -492,19 +588,14 @@ class Replayer:
         central_id = None
         if event.kind == "custody.deposit_started":
             created[event.custody_id] = None
-            number = details.get("compartment")
-            compartment = session.execute(
-                select(Compartment).where(
-                    Compartment.kiosk_id == kiosk.id, Compartment.number == number
-                )
-            ).scalar_one_or_none()
-            if compartment is not None and not compartment.out_of_service:
-                compartment.out_of_service = True
-                compartment.out_of_service_reason = (
-                    "holds a device deposited while the kiosk was offline that could not be "
-                    "recorded: check it"
-                )
-                compartment.updated_at = at.now()
+            cabinets.take_out_of_service(
+                session,
+                kiosk,
+                details.get("compartment"),
+                "holds a device deposited while the kiosk was offline that could not be "
+                "recorded: check it",
+                at,
+            )
         elif event.custody_id is not None:
             local = event.custody_id
             central_id = created.get(local, local)

@@ -61,8 +61,8 @@ _ON_POSTGRES: set[str] = set()  # node ids of the tests that run on the PostgreS
 _POSTGRES_OUTCOMES: dict[str, str] = {}
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
+def pytest_collection_finish(session: pytest.Session) -> None:
+    for item in session.items:  # what runs, after any -k or -m deselection
         callspec = getattr(item, "callspec", None)
         on_postgres = callspec is not None and callspec.params.get("backend") == "postgresql"
         if on_postgres or "postgres_server" in getattr(item, "fixturenames", ()):

@@ -15,14 +15,13 @@ from typing import Any
 from flask import Blueprint, jsonify, request, url_for
 from sqlalchemy import select
 from sqlalchemy.orm import Session
-from werkzeug.exceptions import UnsupportedMediaType
 
 from kiosk import commands
 from kiosk.actors import Actor
 from kiosk.cards import format_uid
 from kiosk.commands import SIM_FAULTS, CommandKind
 from kiosk.demo import demo_uid
-from kiosk.errors import NotFound, ValidationError
+from kiosk.errors import NotFound
 from kiosk.models import Compartment, Kiosk, Pupil, PupilStatus, User
 from kiosk.reports import form_sort_key
 
@@ -33,15 +32,6 @@ log = logging.getLogger(__name__)
 bp = Blueprint("sim", __name__, url_prefix="/sim")
 SIM_ACTOR = Actor.system("sim")
 PANEL_PUPILS = 200
-
-
-def _json() -> dict[str, Any]:
-    if not request.is_json:
-        raise UnsupportedMediaType("send JSON (Content-Type: application/json)")
-    data = request.get_json(silent=True)
-    if not isinstance(data, dict):
-        raise ValidationError("the body must be a JSON object")
-    return data
 
 
 def _submit(kind: CommandKind, payload: dict[str, Any]) -> Any:
@@ -69,21 +59,26 @@ def _submit(kind: CommandKind, payload: dict[str, Any]) -> Any:
 @bp.post("/tap")
 def tap() -> Any:
     """``{"uid": "<hex>"}``: a card is tapped on the kiosk's reader."""
-    data = _json()
+    data = core.json_object()
     return _submit(CommandKind.SIM_TAP, {"uid": data.get("uid")})
 
 
 @bp.post("/doors/<int:compartment>")
 def door(compartment: int) -> Any:
-    """``{"open": true|false}``: someone opens or shuts a compartment's door."""
-    data = _json()
-    return _submit(CommandKind.SIM_DOOR, {"compartment": compartment, "open": data.get("open")})
+    """``{"open": true|false, "forced"?: true}``: someone opens or shuts a compartment's
+    door; ``forced``: pulls it open while it is locked (the kiosk raises the forced-door
+    alarm)."""
+    data = core.json_object()
+    payload = {"compartment": compartment, "open": data.get("open")}
+    if "forced" in data:
+        payload["forced"] = data.get("forced")
+    return _submit(CommandKind.SIM_DOOR, payload)
 
 
 @bp.post("/faults")
 def fault() -> Any:
     """``{"fault": NAME, "on": bool, "compartment"?: N}``: switch a simulated fault."""
-    data = _json()
+    data = core.json_object()
     payload = {"fault": data.get("fault"), "on": data.get("on")}
     if data.get("compartment") is not None:
         payload["compartment"] = data.get("compartment")

@@ -1,7 +1,10 @@
 """The network between a kiosk and the school's database, for tests: a TCP proxy in front of
 the PostgreSQL server that can be cut (every connection through it is closed, new ones are
 closed as soon as they arrive) and restored. Nothing inside the product is mocked: psycopg
-sees a real socket go dead, as it would when a switch or the server's machine goes down."""
+sees a real socket go dead, as it would when a switch or the server's machine goes down.
+
+``lose_next_commit_reply()`` makes the nastiest cut: the next COMMIT reaches the server, which
+commits, and the link goes down before the server's reply gets back (a commit in doubt)."""
 
 from __future__ import annotations
 
@@ -23,7 +26,9 @@ class NetworkLink:
         self._sockets: set[socket.socket] = set()
         self._up = True
         self._closed = False
+        self._lose_commit = False
         self.connections = 0
+        self.commits_lost = 0
         threading.Thread(target=self._accept, name="netlink-accept", daemon=True).start()
 
     @classmethod
@@ -54,6 +59,12 @@ class NetworkLink:
     def restore(self) -> None:
         with self._lock:
             self._up = True
+
+    def lose_next_commit_reply(self) -> None:
+        """The next COMMIT any client sends through the link reaches the server, but its
+        reply does not come back: the link is cut instead (until restored)."""
+        with self._lock:
+            self._lose_commit = True
 
     def close(self) -> None:
         self._closed = True
@@ -86,16 +97,34 @@ class NetworkLink:
                     continue
                 self._sockets.update((client, server))
                 self.connections += 1
-            for source, sink in ((client, server), (server, client)):
+            pair = _Pair()
+            for source, sink, upstream in ((client, server, True), (server, client, False)):
                 threading.Thread(
-                    target=self._pump, args=(source, sink), name="netlink-pump", daemon=True
+                    target=self._pump,
+                    args=(source, sink, pair, upstream),
+                    name="netlink-pump",
+                    daemon=True,
                 ).start()
 
-    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+    def _pump(
+        self, source: socket.socket, sink: socket.socket, pair: _Pair, upstream: bool
+    ) -> None:
         try:
             while True:
                 data = source.recv(65536)
                 if not data:
+                    break
+                if upstream and _COMMIT in data:
+                    with self._lock:
+                        if self._lose_commit:
+                            self._lose_commit = False
+                            pair.lose_reply = True
+                elif not upstream and pair.lose_reply:
+                    # The server has committed; its answer is lost with the network.
+                    pair.lose_reply = False
+                    with self._lock:
+                        self.commits_lost += 1
+                    self.cut()
                     break
                 sink.sendall(data)
         except OSError:
@@ -106,6 +135,17 @@ class NetworkLink:
                 self._sockets.discard(sink)
             _close(source)
             _close(sink)
+
+
+# A simple-query message of the PostgreSQL protocol asking to commit, as libpq sends it.
+_COMMIT = b"COMMIT\x00"
+
+
+class _Pair:
+    """One connection through the link (both directions)."""
+
+    def __init__(self) -> None:
+        self.lose_reply = False
 
 
 def _close(sock: socket.socket) -> None:

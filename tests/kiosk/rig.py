@@ -5,6 +5,7 @@ simulated (no sleeping)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,7 +17,8 @@ from hardware import CabinetSpec, open_cabinet
 from hardware.cabinet import Cabinet
 from kiosk import cards, commands
 from kiosk.actors import Actor
-from kiosk.controller import Controller, SimulatedClock
+from kiosk.cabinet_clock import SimulatedClock
+from kiosk.controller import Controller
 from kiosk.instance import Instance
 from kiosk.models import AuditEvent, Command, Compartment, CustodyRecord, Kiosk, Pupil, Role
 
@@ -152,7 +154,7 @@ def build(
         )
     spec.setdefault("debounce_s", 0.0)
     cabinet = open_cabinet(
-        CabinetSpec.simulated(8, **spec),
+        CabinetSpec.simulated(config["kiosk"].get("compartments", 8), **spec),
         "sim",
         clock=clock,
         auto_open=auto_open,
@@ -161,3 +163,20 @@ def build(
     controller = Controller(instance, cabinet, clock)
     controller.start(reader_thread=False)
     return Rig(instance, clock, cabinet, controller)
+
+
+def rigs(tmp_path: Path, database_url: str | None) -> Iterator[Callable[..., Rig]]:
+    """For a ``make_rig`` fixture: yields ``make(**options)``, which builds a rig on this
+    test's database; every rig built is closed at the end whatever happens."""
+    built: list[Rig] = []
+
+    def make(**options) -> Rig:
+        rig = build(tmp_path / f"rig{len(built)}", database_url, **options)
+        built.append(rig)
+        return rig
+
+    yield make
+    for rig in built:
+        rig.controller.shutdown()
+        rig.cabinet.close()
+        rig.instance.close()

@@ -1258,3 +1258,13 @@ def test_config_check_can_require_the_cabinet_to_be_described(run: Run, home: Pa
     text = text[:hardware] + text[hardware:].replace("# compartments = 24", "compartments = 24", 1)
     config.write_text(text, "utf-8")
     assert run("--home", home, "config", "check", "--require-cabinet").code == 0
+
+
+def test_a_bad_hardware_value_from_the_environment_is_blamed_on_the_variable(
+    run: Run, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert run("--home", home, "init").code == 0
+    monkeypatch.setenv("LOCKER_HARDWARE_BUZZER_PIN", "9")  # SPI0 MISO: the reader's
+    result = run("--home", home, "config", "check")
+    line = assert_user_error(result)
+    assert result.code == 78 and "LOCKER_HARDWARE_BUZZER_PIN" in line and "reserved" in line

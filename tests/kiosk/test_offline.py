@@ -20,7 +20,7 @@ from sqlalchemy import event, func, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import joinedload
 
-from kiosk import cabinets
+from kiosk import cabinets, cards
 from kiosk.actors import Actor
 from kiosk.clock import ManualClock
 from kiosk.controller import RECONNECT_S, Controller
@@ -28,6 +28,7 @@ from kiosk.db import Database
 from kiosk.models import (
     ACTIVE_STATES,
     AuditEvent,
+    Card,
     Compartment,
     CustodyRecord,
     CustodyState,
@@ -36,9 +37,9 @@ from kiosk.models import (
     Pupil,
     Role,
 )
-from kiosk.offline import mirror_path, state_file
+from kiosk.offline import REFRESH_S, mirror_path, state_file
 
-from .conftest import add_user
+from .conftest import add_pupil, add_user
 from .netlink import NetworkLink
 from .rig import AFTERNOON, ALEX, KIM, SAM, TEACHER, Rig, build
 
@@ -284,6 +285,7 @@ def test_the_offline_copy_follows_what_the_office_did_while_online(school: Schoo
             relationship="father",
         )
         ledger.hold(session, dsl, clock, records["S2"], reason="urgent referral")
+    school.rig.advance(1)  # a moment later (a lock rests between two pulses)
     kim = school.deposit(KIM)  # a unit of work: the copy catches up
     assert kim == sam  # the released compartment is free again (nothing open there)
     with school.controller.mirror.database.reader() as session:
@@ -418,3 +420,164 @@ def test_a_pending_deposit_follows_its_record_to_the_centre(school: School) -> N
     school.rig.advance(timedelta(minutes=2).total_seconds())
     assert school.records("S1")[0].state is CustodyState.IN_LOCKER
     school.verify()
+
+
+# ------------------------------------------------------------------------------ in doubt
+
+
+def test_a_deposit_whose_commit_reply_was_lost_is_recorded_once(school: School) -> None:
+    """The tap's commit reaches the server but its reply never comes back: the kiosk does
+    the deposit again on its copy (the pupil is at the door), and the replay sees that the
+    centre has it already: one record, in the locker, no conflict, no compartment lost."""
+    school.link.lose_next_commit_reply()
+    school.rig.tap(SAM)
+    assert school.link.commits_lost == 1 and not school.controller.online
+    assert school.records("S1")[0].state is CustodyState.PENDING_DEPOSIT  # it did commit
+    (number,) = school.rig.sim.energised()
+    assert school.rig.open(number)
+    school.rig.close(number)
+    school.link.restore()
+    school.reconnect()
+    assert school.controller.online
+    (record,) = school.records("S1")
+    assert record.state is CustodyState.IN_LOCKER and record.compartment.number == number
+    assert school.events("kiosk.offline_conflict") == []
+    (summary,) = school.events("kiosk.offline_replayed")
+    assert summary["conflicts"] == [] and summary["already_central"] >= 2
+    assert len(school.events("custody.deposit_started")) == 1
+    assert len(school.events("tap")) == 1
+    with school.office.reader() as session:
+        assert not session.execute(
+            select(func.count()).where(Compartment.out_of_service)
+        ).scalar_one()
+    school.rig.advance(120)  # no deadline left behind cancels it
+    assert school.records("S1")[0].state is CustodyState.IN_LOCKER
+    school.rig.at(AFTERNOON)
+    school.rig.tap(SAM)
+    assert school.rig.open(number)
+    assert school.records("S1")[0].state is CustodyState.COLLECTED
+    school.verify()
+
+
+def test_a_collection_tap_whose_commit_reply_was_lost_is_not_a_conflict(school: School) -> None:
+    number = school.deposit(SAM)
+    school.controller.pump()
+    school.rig.at(AFTERNOON)
+    school.link.lose_next_commit_reply()
+    school.rig.tap(SAM)  # the tap's unit commits, its reply is lost
+    assert not school.controller.online
+    assert school.rig.open(number)
+    school.rig.close(number)
+    school.link.restore()
+    school.reconnect()
+    assert school.controller.online
+    (record,) = school.records("S1")
+    assert record.state is CustodyState.COLLECTED and record.flag is None
+    assert school.events("kiosk.offline_conflict") == []
+    assert len(school.events("tap")) == 2  # the collection's tap is not doubled
+    assert [tap["outcome"] for tap in school.events("tap")] == ["deposit", "collect"]
+    school.verify()
+
+
+def test_a_collection_whose_door_commit_reply_was_lost_is_not_a_conflict(school: School) -> None:
+    number = school.deposit(SAM)
+    school.controller.pump()
+    school.rig.at(AFTERNOON)
+    school.rig.tap(SAM)
+    school.link.lose_next_commit_reply()
+    assert school.rig.open(number)  # the collection's unit commits, its reply is lost
+    assert not school.controller.online
+    school.rig.close(number)
+    school.link.restore()
+    school.reconnect()
+    assert school.controller.online
+    (record,) = school.records("S1")
+    assert record.state is CustodyState.COLLECTED and record.flag is None
+    assert school.events("kiosk.offline_conflict") == []
+    assert len(school.events("custody.collected")) == 1
+    assert len([e for e in school.events("door.opened") if e["compartment"] == number]) == 2
+    school.verify()
+
+
+def test_a_unit_that_never_reached_the_server_is_replayed(school: School) -> None:
+    """The opposite case: the link goes at the commit, before the server has it."""
+    school.cut_at_commit()
+    number = school.deposit(SAM)
+    school.link.restore()
+    school.reconnect()
+    (record,) = school.records("S1")
+    assert record.state is CustodyState.IN_LOCKER and record.compartment.number == number
+    (summary,) = school.events("kiosk.offline_replayed")
+    assert summary["already_central"] == 0 and summary["conflicts"] == []
+    school.verify()
+
+
+# ------------------------------------------------------------------------------ the copy
+
+
+def test_after_a_restart_with_offline_work_the_copy_is_refreshed_again(school: School) -> None:
+    """The kiosk stops while offline and starts online: its offline work is replayed, the
+    offline session ends, and from then on the copy follows the centre again."""
+    school.link.cut()
+    school.deposit(SAM)
+    school.controller.shutdown()
+    school.link.restore()
+    controller = Controller(school.rig.instance, school.rig.cabinet, school.rig.clock)
+    school.rig.controller = controller
+    controller.start(reader_thread=False, listen=False)
+    assert controller.online and controller.mirror.session() is None
+    assert school.records("S1")[0].state is CustodyState.IN_LOCKER
+    with school.office.transaction() as session:
+        pupil = add_pupil(session, school.rig.clock, "S9", forename="New", surname="Pupil")
+        cards.enrol(
+            session,
+            Actor.system("test"),
+            school.rig.clock,
+            school.rig.instance.audit,
+            school.rig.instance.card_key,
+            uid=bytes.fromhex("A1000009"),
+            pupil=pupil,
+        )
+    school.rig.advance(REFRESH_S + 1)
+    with controller.mirror.database.reader() as session:
+        assert session.execute(select(func.count()).select_from(Card)).scalar_one() == 5
+    school.link.cut()
+    school.rig.tap(bytes.fromhex("A1000009"))  # offline: the new pupil's card is known
+    assert not controller.online
+    assert school.controller.screen["title"] == "Your locker is open"
+
+
+def test_the_copy_is_taken_in_one_snapshot(school: School) -> None:
+    """A pupil and their card committed by the office while the copy is being read: the
+    copy has both or neither (never a card whose pupil it lacks)."""
+    fired: list[bool] = []
+
+    def before_execute(_conn, _cursor, statement, _params, _context, _many) -> None:
+        if statement.startswith("SELECT") and "FROM cards" in statement and not fired:
+            fired.append(True)
+            with school.office.transaction() as session:
+                pupil = add_pupil(session, school.rig.clock, "S8", forename="Late", surname="Comer")
+                cards.enrol(
+                    session,
+                    Actor.system("test"),
+                    school.rig.clock,
+                    school.rig.instance.audit,
+                    school.rig.instance.card_key,
+                    uid=bytes.fromhex("A1000008"),
+                    pupil=pupil,
+                )
+
+    engine = school.controller.central.engine
+    event.listen(engine, "before_cursor_execute", before_execute)
+    try:
+        school.controller._refresh_mirror()
+    finally:
+        event.remove(engine, "before_cursor_execute", before_execute)
+    assert fired
+    with school.controller.mirror.database.reader() as session:
+        pupils = session.execute(select(func.count()).select_from(Pupil)).scalar_one()
+        copied = session.execute(select(func.count()).select_from(Card)).scalar_one()
+    assert (pupils, copied) == (3, 4)  # as they were when the copy began
+    school.rig.advance(REFRESH_S + 1)  # the next copy has them
+    with school.controller.mirror.database.reader() as session:
+        assert session.execute(select(func.count()).select_from(Card)).scalar_one() == 5

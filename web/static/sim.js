@@ -53,8 +53,10 @@
     button.addEventListener("click", function () {
       var n = parseInt(document.getElementById("sim-door").value, 10);
       var open = button.dataset.door === "true";
+      var forced = button.dataset.forced === "true";
       var url = panel.dataset.doorUrl.replace(/0$/, String(n));
-      send(url, { open: open }, (open ? "Open" : "Shut") + " door " + n);
+      var body = forced ? { open: true, forced: true } : { open: open };
+      send(url, body, (forced ? "Force" : open ? "Open" : "Shut") + " door " + n);
     });
   });
   document.querySelectorAll("#sim-fault-form button").forEach(function (button) {
