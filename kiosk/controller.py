@@ -753,6 +753,7 @@ class Controller:
                 kiosk=self._kiosk,
                 timeout_s=self.config.deposit_timeout_s,
                 busy=self._busy(),
+                has_no_deposit=True,  # _records_of just found none, in this transaction
             )
         except LockerError as exc:
             return self._refuse(say.reason_of(exc), say.hello(name), say.refusal(exc), name=name)

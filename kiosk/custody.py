@@ -252,8 +252,22 @@ _PUPIL_COMPARTMENT = select(_COMPARTMENTS.c.id, _COMPARTMENTS.c.number).where(
     _COMPARTMENTS.c.number == bindparam("number"),
     text("compartments.kind = 'pupil'"),
 )
+_ACTIVE_IN = _RECORDS.alias("active_in")
+# Whether the compartment a pupil used last is occupied now: asked in the same statement.
+_LAST_USED_OCCUPIED = exists(
+    select(literal(1))
+    .select_from(_ACTIVE_IN)
+    .where(
+        _ACTIVE_IN.c.compartment_id == _RECORDS.c.compartment_id,
+        text(f"active_in.state IN {sql_in(ACTIVE_STATES)}"),
+    )
+)
 _LAST_USED = {
-    kind: select(_RECORDS.c.compartment_id, _COMPARTMENTS.c.number)
+    kind: select(
+        _RECORDS.c.compartment_id,
+        _COMPARTMENTS.c.number,
+        _LAST_USED_OCCUPIED,
+    )
     .join(_COMPARTMENTS, _COMPARTMENTS.c.id == _RECORDS.c.compartment_id)
     .where(
         _RECORDS.c.pupil_id == bindparam("pupil_id"),
@@ -512,11 +526,7 @@ class CustodyLedger:
             last = connection.execute(
                 _LAST_USED[kind], {"pupil_id": pupil_id, "kiosk_id": kiosk.id}
             ).first()
-            if (
-                last is not None
-                and last[1] not in busy
-                and connection.execute(_OCCUPIED, {"compartment_id": last[0]}).first() is None
-            ):
+            if last is not None and last[1] not in busy and not last[2]:
                 chosen = last
         if chosen is None and not busy:
             chosen = connection.execute(_FIRST_FREE[kind], {"kiosk_id": kiosk.id}).first()
@@ -729,6 +739,7 @@ class CustodyLedger:
         device: str | None = None,
         compartment: int | None = None,
         busy: Collection[int] = (),
+        has_no_deposit: bool = False,
     ) -> RecordRef:
         """A pupil's card at the kiosk, in the deposit window: allocate a compartment and
         write PENDING_DEPOSIT. Written **before** the lock opens. Returns a reference to the
@@ -736,7 +747,10 @@ class CustodyLedger:
 
         ``compartment`` (a number) asks for that one, when it must be that one (replaying
         what a kiosk did offline); ConflictError if it is not a free pupil compartment.
-        ``busy``: compartments the kiosk has open or opening (see :meth:`allocate`)."""
+        ``busy``: compartments the kiosk has open or opening (see :meth:`allocate`).
+        ``has_no_deposit``: the caller has just read, in this transaction, that the pupil has
+        no active deposit (the kiosk's tap does): not asked again. The database's unique
+        index stays the last word."""
         self._authorise(Operation.START_DEPOSIT, actor, None)
         if actor.pupil_id != pupil.id:
             raise PermissionDenied("a pupil may only deposit their own device")
@@ -747,7 +761,7 @@ class CustodyLedger:
             raise PolicyError(
                 f"devices are locked away between {self.policy.config.deposit_window}"
             )
-        existing = self.daily_ref(session, pupil.id)
+        existing = None if has_no_deposit else self.daily_ref(session, pupil.id)
         if existing is not None:
             raise ConflictError(f"your device is already in locker {existing.compartment}")
         if compartment is None:

@@ -47,6 +47,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "sqlite_only: the test inspects the SQLite file itself (runs on SQLite only)"
     )
+    config.addinivalue_line("markers", f"{ON_POSTGRES}: runs on the PostgreSQL server (set here)")
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -57,27 +58,27 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         )
 
 
-_ON_POSTGRES: set[str] = set()  # node ids of the tests that run on the PostgreSQL server
+ON_POSTGRES = "on_postgres"  # the keyword of a test that runs on the PostgreSQL server
 _POSTGRES_OUTCOMES: dict[str, str] = {}
 
 
-def pytest_collection_finish(session: pytest.Session) -> None:
-    for item in session.items:  # what runs, after any -k or -m deselection
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
         callspec = getattr(item, "callspec", None)
         on_postgres = callspec is not None and callspec.params.get("backend") == "postgresql"
         if on_postgres or "postgres_server" in getattr(item, "fixturenames", ()):
-            _ON_POSTGRES.add(item.nodeid)
+            item.add_marker(ON_POSTGRES)  # travels with its reports (pytest-xdist workers too)
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    if report.nodeid in _ON_POSTGRES and (report.when == "call" or report.outcome != "passed"):
+    if ON_POSTGRES in report.keywords and (report.when == "call" or report.outcome != "passed"):
         _POSTGRES_OUTCOMES[report.nodeid] = report.outcome
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     """One line that says how much of the suite ran on a real PostgreSQL server (CI's
     output shows the PostgreSQL half ran, not only that nothing failed)."""
-    if not _ON_POSTGRES:
+    if not _POSTGRES_OUTCOMES:
         return
     counts = dict.fromkeys(("passed", "failed", "skipped"), 0)
     for outcome in _POSTGRES_OUTCOMES.values():
@@ -85,8 +86,7 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     bindir = _postgres_bin()
     terminalreporter.write_line(
         f"PostgreSQL ({bindir or 'not installed'}): {counts['passed']} tests passed, "
-        f"{counts['failed']} failed, {counts['skipped']} skipped, of {len(_ON_POSTGRES)} "
-        "collected"
+        f"{counts['failed']} failed, {counts['skipped']} skipped"
     )
 
 

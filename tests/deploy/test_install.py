@@ -250,7 +250,13 @@ def scenario(tmp_path_factory: pytest.TempPathFactory) -> Scenario:
     )
     check("others read the secret", ["cat", "/var/lib/locker/secret.key"], user="nobody:nogroup")
 
-    # Upgrades on a system whose services run (a stand-in systemctl that logs its calls).
+    # Upgrades on a system whose services run (a stand-in systemctl that logs its calls), on
+    # a cabinet the school has described (the kiosk is started only then).
+    described = root / "etc/locker/config.toml"
+    text = described.read_text(encoding="utf-8")
+    at = text.index("[hardware]")
+    text = text[:at] + text[at:].replace("# compartments = 24", "compartments = 24", 1)
+    described.write_text(text, encoding="utf-8")
     running = root / "run/systemd/system"
     running.mkdir(parents=True)
     systemctl = root / "usr/local/sbin/systemctl"
