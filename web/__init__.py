@@ -129,6 +129,7 @@ def create_app(
         log.warning("simulated hardware: the /sim endpoints are open to anyone")
     csrf.init_app(app)  # after the access check: strangers are sent to sign in first
     core.register_error_handlers(app)
+    app.before_request(core.refuse_nul_characters)
     app.add_url_rule("/favicon.ico", "favicon", favicon)
 
     @app.errorhandler(CSRFError)

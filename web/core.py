@@ -195,8 +195,9 @@ def json_object() -> dict[str, Any]:
     """The request's body as a JSON object: the one way every JSON endpoint reads a body.
 
     415 when it is not sent as JSON; 400 (a :class:`ValidationError`) when it is not valid
-    JSON, not an object, or nested deeper than :data:`JSON_MAX_DEPTH` (Python's parser
-    would otherwise run out of recursion on ``[[[[...`` and answer 500).
+    JSON, not an object, nested deeper than :data:`JSON_MAX_DEPTH` (Python's parser
+    would otherwise run out of recursion on ``[[[[...`` and answer 500), or holds a NUL
+    character in a string (named by its key).
     """
     if not request.is_json:
         raise UnsupportedMediaType("send a JSON object (Content-Type: application/json)")
@@ -209,6 +210,7 @@ def json_object() -> dict[str, Any]:
         raise ValidationError("the body is not valid JSON") from None
     if not isinstance(data, dict):
         raise ValidationError("the body must be a JSON object")
+    _refuse_nul_in_json(data, "the body")
     return data
 
 
@@ -227,6 +229,35 @@ def _nesting(raw: bytes) -> int:
         else:
             depth = max(0, depth - 1)
     return deepest
+
+
+def refuse_nul_characters() -> None:
+    """``before_request``: a 400 naming the field when a query parameter, a form field or a
+    part of the path holds a NUL character. No text in the school's records may hold one
+    (PostgreSQL refuses it outright), and no person types one; JSON bodies are checked by
+    :func:`json_object`."""
+    parts: list[tuple[str, Any]] = [
+        *(("query parameter " + name, value) for name, value in request.args.items(multi=True)),
+        *(("path " + name, value) for name, value in (request.view_args or {}).items()),
+    ]
+    if request.method in ("POST", "PUT", "PATCH", "DELETE") and not request.is_json:
+        parts += [("field " + name, value) for name, value in request.form.items(multi=True)]
+    for where, value in parts:
+        if isinstance(value, str) and "\x00" in value:
+            raise ValidationError(f"{where}: a NUL character is not allowed")
+
+
+def _refuse_nul_in_json(value: Any, where: str) -> None:
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ValidationError(f"{where}: a NUL character is not allowed")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _refuse_nul_in_json(key, where)
+            _refuse_nul_in_json(item, f"{key}" if where == "the body" else f"{where}.{key}")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _refuse_nul_in_json(item, f"{where}[{index}]")
 
 
 #: The largest record id: ids are 32-bit in the database (PostgreSQL's ``integer``).

@@ -52,7 +52,12 @@ def numbers_from_csv(data: bytes) -> list[str]:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise ValidationError("the file is not UTF-8 text (save it as CSV UTF-8)") from None
-    rows = [row for row in csv.reader(io.StringIO(text)) if any(cell.strip() for cell in row)]
+    if "\x00" in text:
+        raise ValidationError("the file is not a text file (it holds a NUL byte): save it as CSV")
+    try:
+        rows = [row for row in csv.reader(io.StringIO(text)) if any(cell.strip() for cell in row)]
+    except csv.Error as exc:
+        raise ValidationError(f"the file is not a readable CSV: {exc}") from None
     if not rows:
         return []
     column = 0
