@@ -71,10 +71,11 @@ class LockError(HardwareError):
 
 
 class LockBusy(LockError):
-    """Too many locks are energised at once; retry after ``retry_after`` seconds at most.
+    """The lock cannot be energised yet; retry after ``retry_after`` seconds at most.
 
-    Raised instead of blocking the caller: the power supply would brown out if more solenoids
-    were energised together.
+    Raised instead of blocking the caller: either too many locks are energised at once (the
+    power supply would brown out if more solenoids were energised together), or
+    (``resting``) this solenoid is still resting after its last pulse (``lock_rest_s``).
     """
 
     def __init__(
@@ -84,10 +85,12 @@ class LockBusy(LockError):
         number: int | None = None,
         energised: tuple[int, ...] = (),
         retry_after: float = 0.0,
+        resting: bool = False,
     ) -> None:
         super().__init__(message, number=number)
         self.energised = energised
         self.retry_after = retry_after
+        self.resting = resting
 
 
 #: Another name for :class:`LockBusy`, as used in the issue text.

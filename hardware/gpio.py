@@ -334,6 +334,7 @@ class SolenoidLock(Lock):
                         number=self.number,
                         energised=self._guard.energised,
                         retry_after=wait,
+                        resting=True,
                     )
             start = self._energised_at if self._energised_at is not None else now
             end = min(now + duration, start + self.max_unlock_s)

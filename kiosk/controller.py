@@ -983,9 +983,12 @@ class Controller:
                 wait = exc.retry_after if exc.retry_after > 0 else UNLOCK_RETRY_S
                 self._after(min(UNLOCK_RETRY_S, wait), "unlock_retry", number)
             else:
-                self._unlock_failed(
-                    unlock, "too many compartments were opening at once", counts=False
+                reason = (
+                    "its solenoid was still resting after the last pulse"
+                    if exc.resting
+                    else "too many compartments were opening at once"
                 )
+                self._unlock_failed(unlock, reason, counts=False)
             return
         except (HardwareError, KeyError) as exc:
             self._lock_fault(number, exc)

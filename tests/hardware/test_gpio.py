@@ -125,7 +125,7 @@ def test_too_many_energised_locks_are_refused_not_queued(mock_factory, clock) ->
     locks[1].pulse(3.0)
     with pytest.raises(LockBusy) as info:
         locks[2].pulse(3.0)
-    assert info.value.energised == (1, 2)
+    assert info.value.energised == (1, 2) and not info.value.resting
     assert info.value.retry_after == pytest.approx(2.0)
     assert isinstance(info.value, LockError) and info.value.number == 3
     assert "retry" in str(info.value)
@@ -232,6 +232,7 @@ def test_rest_between_pulses_of_one_solenoid(mock_factory, clock) -> None:
     with pytest.raises(LockBusy, match="rests 2 s between pulses") as busy:
         lock.pulse()
     assert busy.value.retry_after == pytest.approx(2.0) and busy.value.number == 1
+    assert busy.value.resting
     clock.advance(2.0 - 1e-3)
     with pytest.raises(LockBusy):
         lock.pulse()

@@ -268,3 +268,38 @@ def test_open_all_counts_a_door_standing_open_as_opened(rig: Rig) -> None:
     done = [e for e in rig.events("command.done") if e["command"] == command]
     assert len(done) == 1
     assert rig.compartment(2).failed_unlocks == 0
+
+
+def test_an_unlock_waits_for_a_resting_solenoid_and_says_so_when_it_gives_up(
+    make_rig: Callable[..., Rig],
+) -> None:
+    """``lock_rest_s``: a solenoid just pulsed rests before its next pulse; the kiosk retries
+    until it may."""
+    rig = make_rig(lock_rest_s=0.5)
+    first = rig.submit("open_compartment", compartment=2)
+    rig.pump()
+    rig.advance(3.1)  # nobody pulls it: the pulse ends, the rest begins
+    assert rig.command(first).error == "compartment 2: the door was not opened"
+    second = rig.submit("open_compartment", compartment=2)
+    rig.pump()
+    assert not rig.controller.unlocks[2].energised  # resting: retried shortly
+    rig.advance(0.5)
+    assert rig.controller.unlocks[2].energised
+    rig.open(2)
+    rig.close(2)
+    assert rig.command(second).status == "done"
+
+
+def test_a_rest_longer_than_the_kiosk_waits_fails_the_unlock_with_that_reason(
+    make_rig: Callable[..., Rig],
+) -> None:
+    slow = make_rig(lock_rest_s=60.0)
+    slow.submit("open_compartment", compartment=3)
+    slow.pump()
+    slow.advance(3.1)
+    again = slow.submit("open_compartment", compartment=3)
+    slow.pump()
+    for _ in range(12):
+        slow.advance(1)
+    assert slow.command(again).status == "failed"
+    assert "still resting" in slow.command(again).error
