@@ -526,20 +526,21 @@ for file in "$STATE/locker.db" "$STATE/locker.db-wal" "$STATE/locker.db-shm"; do
     [ ! -f "$file" ] || chmod 0660 "$file"
 done
 
-# The kiosk screen's address, from [kiosk] name and [web] port (kept once written).
-read -r KIOSK_NAME WEB_PORT < <(
+# The kiosk screen's address, from [web] port (kept once written). /kiosk/ is sent on by the
+# web app to this cabinet's own screen, /kiosk/NAME ([kiosk] name), so a rename needs nothing.
+read -r WEB_PORT < <(
     env -u LOCKER_HOME "$NEW_PYTHON" -c '
 import sys
 from pathlib import Path
 from kiosk.config import load
-config = load(Path(sys.argv[1]))
-print(config.kiosk.name, config.web.port)' "$STATE" 2>/dev/null || echo "main 8000"
+print(load(Path(sys.argv[1])).web.port)' "$STATE" 2>/dev/null || echo "8000"
 )
 if [ ! -e "$ETC/screen.env" ]; then
     install_file 0644 "$ETC/screen.env" <<EOF
 # The kiosk screen (locker-screen@USER.service, /opt/locker/libexec/locker-screen).
-# Written once by the install script from [kiosk] name and [web] port; edit it if they change.
-LOCKER_SCREEN_URL=http://127.0.0.1:$WEB_PORT/kiosk/$KIOSK_NAME
+# Written once by the install script from [web] port; edit it if that changes. /kiosk/ leads
+# to this cabinet's screen, /kiosk/NAME from [kiosk] name.
+LOCKER_SCREEN_URL=http://127.0.0.1:$WEB_PORT/kiosk/
 # WAYLAND_DISPLAY=wayland-0   # or DISPLAY=:0, to skip the search for the display
 EOF
 fi

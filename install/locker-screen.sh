@@ -3,7 +3,8 @@
 # Pi's own display. Run by locker-screen@USER.service as the desktop user USER.
 #
 # Settings (environment; /etc/locker/screen.env is read by the service):
-#   LOCKER_SCREEN_URL     the page (default http://127.0.0.1:8000/kiosk/main)
+#   LOCKER_SCREEN_URL     the page (default http://127.0.0.1:8000/kiosk/, which the web app
+#                         sends on to this cabinet's /kiosk/NAME, [kiosk] name)
 #   LOCKER_SCREEN_WAIT_S  how long to wait for the display and the web app (default 300)
 #   WAYLAND_DISPLAY or DISPLAY   skip the search for the display
 #   LOCKER_SCREEN_BROWSER the browser (default: chromium, else chromium-browser)
@@ -14,7 +15,7 @@
 # on :0 (socket /tmp/.X11-unix/X0) with the user's ~/.Xauthority.
 set -eu
 
-url="${LOCKER_SCREEN_URL:-http://127.0.0.1:8000/kiosk/main}"
+url="${LOCKER_SCREEN_URL:-http://127.0.0.1:8000/kiosk/}"
 wait_s="${LOCKER_SCREEN_WAIT_S:-300}"
 XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/run/user/$(id -u)}"
 export XDG_RUNTIME_DIR

@@ -30,7 +30,18 @@ from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from kiosk import backup as backup_module
-from kiosk import cabinets, cards, demo, exemptions, migrate, reports, retention, roster, users
+from kiosk import (
+    cabinets,
+    cards,
+    config_changes,
+    demo,
+    exemptions,
+    migrate,
+    reports,
+    retention,
+    roster,
+    users,
+)
 from kiosk import config as config_module
 from kiosk.actors import Actor
 from kiosk.clock import Clock, SystemClock
@@ -245,6 +256,9 @@ def init(state: CliState, with_demo: bool) -> None:
             )
         _, changes = cabinets.register(
             session, state.actor, state.clock, instance.audit, instance.config.kiosk
+        )
+        config_changes.record_changes(
+            session, instance.audit, state.clock, instance.config, process="init"
         )
     kiosk = instance.config.kiosk
     if changes:
@@ -688,7 +702,8 @@ def backup(state: CliState, dest: str, include_secret: bool) -> None:
     source = instance.sqlite_path
     if source is None:
         raise LockerError(
-            "the database is PostgreSQL: back it up with pg_dump (see the README, Operations)"
+            "the database is PostgreSQL: back it up with pg_dump "
+            "(docs/operations.md, Backups: With PostgreSQL)"
         )
     written = backup_module.backup_sqlite(
         source,
@@ -938,6 +953,10 @@ def web_command(state: CliState, host: str | None, port: int | None) -> None:
     import web
 
     instance = state.instance()
+    with instance.database.transaction() as session:
+        config_changes.record_changes(
+            session, instance.audit, state.clock, instance.config, process="web"
+        )
     app = web.create_app(instance)
     web.serve(app, host or instance.config.web.host, port or instance.config.web.port)
 

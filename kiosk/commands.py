@@ -189,8 +189,11 @@ def finish(
     error: str | None = None,
 ) -> Command:
     """Record the outcome of a running command (done with ``result`` or failed with
-    ``error``)."""
+    ``error``). A simulated tap's card UID is dropped from the payload once it is done:
+    UIDs are kept only as keyed hashes, even on a simulator."""
     command.status = CommandStatus.FAILED if error else CommandStatus.DONE
+    if command.kind == CommandKind.SIM_TAP.value:
+        command.payload = {"uid": None}
     command.finished_at = clock.now()
     command.result = dict(result or {})
     command.error = error[:500] if error else None

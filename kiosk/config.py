@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 CONFIG_FILENAME = "config.toml"
 ENV_PREFIX = "LOCKER_"
 ROLES = ("staff", "office", "dsl", "admin")
+#: The roles ``[policy] release_roles`` may name.
+RELEASE_ROLES = ("office", "dsl", "admin")
 
 #: ``LOCKER_*`` variables that are not settings, and what sets or reads them. Every other
 #: ``LOCKER_*`` variable must name a key (``LOCKER_<SECTION>_<KEY>``)...
@@ -201,10 +203,18 @@ def _string_list(value: Any) -> list[str]:
 
 
 def parse_roles(value: Any) -> tuple[str, ...]:
+    """Roles that may release a confiscated device: some of office, dsl and admin. A class
+    teacher (``staff``) may confiscate, never release: the release is the office's, with
+    the parent or carer's identity checked."""
     roles = [role.lower() for role in _string_list(value)]
     unknown = [role for role in roles if role not in ROLES]
     if unknown:
         raise ValueError(f"unknown role {unknown[0]!r}; roles are {', '.join(ROLES)}")
+    if "staff" in roles:
+        raise ValueError(
+            "staff may confiscate but not release a device to a parent or carer; "
+            f"choose from {', '.join(RELEASE_ROLES)}"
+        )
     if not roles:
         raise ValueError("at least one role must be allowed")
     return tuple(dict.fromkeys(roles))
@@ -365,7 +375,9 @@ KEYS: tuple[Key, ...] = (
         "kiosk",
         "deposit_timeout_s",
         30,
-        "Seconds a pupil has to open the door after it unlocks before the deposit is cancelled.",
+        "Longest a deposit stays pending when nothing else settles it (a restart meanwhile). "
+        "The door itself must open while the lock is energised ([hardware] unlock_s), or the "
+        "deposit is cancelled then.",
         _number(float, 3, 600),
     ),
     Key(
@@ -614,6 +626,12 @@ def load(
         if path.exists():
             file_values = _read_toml(path)
             for section, values in file_values.items():
+                if section not in SECTIONS and not isinstance(values, dict):
+                    raise ConfigError(
+                        f"{path}: {section} = ... is outside any section; every key belongs "
+                        f"to one ({', '.join(f'[{name}]' for name in SECTIONS)})"
+                        + _section_hint(section)
+                    )
                 if section not in SECTIONS:
                     raise ConfigError(
                         f"{path}: unknown section [{section}]; sections are "
@@ -724,6 +742,15 @@ def _check_hardware_from_env(
         else:
             message = f"{from_env[name]}: {message}"
         raise ConfigError(f"{message} (the variable sets [hardware] {name})") from None
+
+
+def _section_hint(name: str) -> str:
+    """``"; did you mean [database] url?"`` for a top-level ``database_url``, when some
+    section's key matches the name with its section's prefix taken off."""
+    for key in KEYS:
+        if name in (f"{key.section}_{key.name}", key.name):
+            return f"; did you mean [{key.section}] {key.name}?"
+    return ""
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

@@ -45,7 +45,7 @@ from sqlalchemy.orm import Session
 from hardware.cabinet import Cabinet
 from hardware.errors import HardwareError, LockBusy
 from hardware.interfaces import DoorEvent, PulseEnd, Tap
-from kiosk import cabinets, cards, commands, sim_commands
+from kiosk import cabinets, cards, commands, config_changes, sim_commands
 from kiosk import screen as say
 from kiosk.actors import Actor
 from kiosk.cabinet_clock import LiveClock, SimulatedClock
@@ -393,6 +393,9 @@ class Controller:
     def _register(self, database: Database) -> None:
         with database.transaction() as session:
             kiosk, _ = cabinets.register(session, self.actor, self.clock, self.audit, self.config)
+            config_changes.record_changes(
+                session, self.audit, self.clock, self.instance.config, process="kiosk"
+            )
             self.kiosk_id = self.publisher.kiosk_id = kiosk.id
             self._kiosk = kiosk
             self.compartment_ids = dict(
@@ -462,7 +465,16 @@ class Controller:
         if self.mirror is not None:
             self._copy_to_mirror()
             self.mirror.close()
-        log.info("kiosk %s stopped; every lock is de-energised", self.config.name)
+        still = sorted(number for number, lock in self.cabinet.locks.items() if lock.is_energised)
+        if still:  # a switch-off failed (an output fault): the hardware keeps retrying
+            log.critical(
+                "kiosk %s stopped with the locks of compartments %s still energised: "
+                "switch the cabinet's lock supply off",
+                self.config.name,
+                ", ".join(map(str, still)),
+            )
+        else:
+            log.info("kiosk %s stopped; every lock is de-energised", self.config.name)
 
     def _record_stopped(self) -> None:
         """The last unit of work: every command still waiting for a door or a card ends."""

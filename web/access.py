@@ -77,6 +77,7 @@ ACCESS: dict[str, Rule] = {
     "commands.open_compartment": OFFICE_UP,
     "commands.open_all": ADMIN,
     # the kiosk's own screen (no sign-in: it runs on the cabinet)
+    "kiosk_screen.this_kiosk": PUBLIC,
     "kiosk_screen.screen": PUBLIC,
     "kiosk_screen.state": PUBLIC,
     # JSON API

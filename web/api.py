@@ -263,6 +263,8 @@ def compartment_json(cell: queries.Cell) -> dict[str, Any]:
             "kind": cell.custody_kind,
             "since": _iso(cell.since),
             "stored": cell.stored,
+            "flag": cell.flag,
+            "flag_detail": cell.flag_detail,
             "pupil": {
                 "admission_number": cell.admission_number,
                 "display_name": cell.pupil_name,

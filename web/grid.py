@@ -48,6 +48,7 @@ def index() -> Any:
         summary=queries.summarise(cells),
         awaiting=awaiting,
         labels=queries.GRID_LABELS,
+        flag_labels=queries.FLAG_LABELS,
         states=queries.GRID_STATES,
         panel=panel,
         now=when,

@@ -1,4 +1,5 @@
 """The kiosk's own screen, ``/kiosk/<kiosk>``: big prompts for pupils at the cabinet.
+``/kiosk/`` leads to the screen of the kiosk this instance is (``[kiosk] name``).
 
 No sign-in (it runs in Chromium's kiosk mode on the Pi). It shows only what the controller
 publishes in ``Kiosk.state["screen"]``: a prompt, and at most a first name and an initial.
@@ -18,7 +19,7 @@ import logging
 from datetime import datetime
 from typing import Any
 
-from flask import Blueprint, current_app, jsonify, render_template
+from flask import Blueprint, current_app, jsonify, redirect, render_template, url_for
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -120,6 +121,14 @@ def screen_state(name: str) -> dict[str, Any]:
         "network": "offline" if published.get("network") == "offline" else "online",
         "screen": _screen(status.screen),
     }
+
+
+@bp.get("/")
+def this_kiosk() -> Any:
+    """``/kiosk/``: the screen of the kiosk this instance is configured as (``[kiosk]
+    name``), so the Pi's own screen follows a renamed cabinet without being told."""
+    name = core.instance().config.kiosk.name
+    return redirect(url_for("kiosk_screen.screen", kiosk=name))
 
 
 @bp.get("/<kiosk>")

@@ -73,6 +73,8 @@ SCHEMAS: dict[str, Any] = {
             "kind": {"type": "string", "enum": [k.value for k in CustodyKind]},
             "since": NDATETIME,
             "stored": {"type": "boolean"},
+            "flag": NSTRING,
+            "flag_detail": NSTRING,
             "pupil": _ref("Pupil"),
         }
     ),

@@ -40,6 +40,14 @@ CUSTODY_TO_GRID = {
     S.CONFISCATED: "confiscated",
     S.SAFEGUARDING_HOLD: "held",
 }
+#: How the grid names a record's flag (what the kiosk asks the office to look at).
+FLAG_LABELS = {
+    "check": "to check",
+    "unverified": "to check: not confirmed",
+    "door_left_open": "to check: door was left open",
+    "offline_conflict": "to check: offline conflict",
+}
+
 GRID_LABELS = {
     "free": "free",
     "pending": "being deposited",
@@ -161,6 +169,10 @@ class Cell:
     admission_number: str | None
     pupil_name: str | None
     form: str | None
+    #: Set when the kiosk asks the office to look at the record (``check``, ``unverified``,
+    #: ``door_left_open``, ``offline_conflict``), with what it saw.
+    flag: str | None = None
+    flag_detail: str | None = None
 
     @property
     def locked(self) -> bool | None:
@@ -190,6 +202,8 @@ _GRID_COLUMNS = (
     Pupil.preferred_forename,
     Pupil.surname,
     Pupil.form,
+    CustodyRecord.flag,
+    CustodyRecord.flag_detail,
 )
 
 
@@ -231,6 +245,8 @@ def grid(session: Session, kiosk: str | None = None) -> list[Cell]:
             preferred,
             surname,
             form,
+            flag,
+            flag_detail,
         ) = row
         if custody_state is not None:
             state = CUSTODY_TO_GRID[custody_state]
@@ -263,6 +279,8 @@ def grid(session: Session, kiosk: str | None = None) -> list[Cell]:
                 admission,
                 full_name(forename, preferred, surname) if forename is not None else None,
                 form,
+                flag,
+                flag_detail,
             )
         )
     return cells

@@ -389,7 +389,7 @@ def test_state_config_and_secret(scenario: Scenario) -> None:
     assert texts["etc/locker/config.toml"] == example.stdout
     assert "exists: kept as it is" in scenario.outputs["install again"]
     screen = texts["etc/locker/screen.env"]
-    assert "LOCKER_SCREEN_URL=http://127.0.0.1:8000/kiosk/main\n" in screen
+    assert "LOCKER_SCREEN_URL=http://127.0.0.1:8000/kiosk/\n" in screen
     assert "created site secret" in scenario.outputs["install"]
     assert "created site secret" not in scenario.outputs["install again"]
     assert "schema up to date" in scenario.outputs["install again"]

@@ -78,6 +78,59 @@ def test_backup_writes_database_secret_and_config_and_keeps_the_newest(
     restored.close()
 
 
+def test_a_backup_restores_onto_a_new_instance_as_the_operations_guide_says(
+    home: Path, tmp_path: Path
+) -> None:
+    """docs/operations.md, Restoring: a new instance (a new SD card) gets the backup's
+    database and secret (its own -wal and -shm removed), then `locker init` and
+    `locker audit verify`; the pupils and the audit trail are the school's again."""
+    import shutil
+
+    from sqlalchemy import func, select
+
+    from kiosk.models import AuditEvent, Pupil
+
+    from ..kiosk.conftest import add_pupil
+
+    school = Instance.open(home, env={})
+    with school.database.transaction() as session:
+        add_pupil(session, SystemClock(), "R001")
+    school.close()
+    backups = tmp_path / "backups"
+    backups.mkdir()
+    assert backup(home, backups, tmp_path).returncode == 0
+    (copy,) = backups.glob("locker-*.db")
+    stem = copy.with_suffix("")
+
+    fresh = tmp_path / "new-sd-card"
+    program = str(locker_program(tmp_path))
+    env = clean_env()
+    assert run([program, "--home", str(fresh), "init"], env=env).returncode == 0
+    for leftover in ("locker.db-wal", "locker.db-shm"):
+        (fresh / leftover).unlink(missing_ok=True)
+    shutil.copyfile(copy, fresh / "locker.db")
+    shutil.copyfile(f"{stem}.secret.key", fresh / "secret.key")
+    init = run([program, "--home", str(fresh), "init"], env=env)
+    assert init.returncode == 0, init.stderr
+    verify = run([program, "--home", str(fresh), "audit", "verify"], env=env)
+    assert verify.returncode == 0, verify.stderr
+    assert "audit chain ok" in verify.stdout
+    restored = Instance.open(fresh, env={})
+    try:
+        with restored.database.reader() as session:
+            assert session.execute(select(Pupil.admission_number)).scalars().all() == ["R001"]
+            assert session.execute(select(func.count()).select_from(AuditEvent)).scalar() > 0
+    finally:
+        restored.close()
+    wrong = tmp_path / "wrong-secret"
+    assert run([program, "--home", str(wrong), "init"], env=env).returncode == 0
+    shutil.copyfile(copy, wrong / "locker.db")
+    (wrong / "locker.db-wal").unlink(missing_ok=True)
+    (wrong / "locker.db-shm").unlink(missing_ok=True)
+    refused = run([program, "--home", str(wrong), "audit", "verify"], env=env)
+    assert refused.returncode != 0  # the backup without its secret does not verify
+
+
 def test_backup_refuses_a_missing_stick(home: Path, tmp_path: Path) -> None:
     backups = tmp_path / "not-mounted"
     backups.mkdir()

@@ -306,6 +306,67 @@ def test_roster_import(locker: Run, home: Path, tmp_path: Path) -> None:
     assert again.code == 0 and "4 unchanged" in again.out
 
 
+def _on_a_terminal(*args: object) -> tuple[int, str, str]:
+    """`locker ARGS` as a real process whose stderr is a terminal (a pseudo-terminal): its
+    exit status, stdout and what the terminal showed."""
+    import pty
+    import threading
+
+    master, slave = pty.openpty()
+    shown = bytearray()
+
+    def drain() -> None:
+        while True:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # EIO: the process ended and closed the terminal
+                return
+            if not chunk:
+                return
+            shown.extend(chunk)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    try:
+        done = subprocess.run(
+            [str(LOCKER), *map(str, args)],
+            stdout=subprocess.PIPE,
+            stderr=slave,
+            stdin=subprocess.DEVNULL,
+            timeout=120,
+            check=False,
+            env={**os.environ, "COLUMNS": "80"},
+        )
+    finally:
+        os.close(slave)
+    reader.join(timeout=10)
+    os.close(master)
+    return done.returncode, done.stdout.decode(), shown.decode(errors="replace")
+
+
+def test_a_large_roster_shows_a_progress_bar_on_a_terminal(
+    locker: Run, home: Path, tmp_path: Path
+) -> None:
+    from kiosk.cli import PROGRESS_THRESHOLD
+
+    many = [
+        [str(5000 + n), f"Pupil{n}", "Example", "8C", "Year 8", "2013-01-01"]
+        for n in range(PROGRESS_THRESHOLD)
+    ]
+    code, out, terminal = _on_a_terminal(
+        "--home", home, "roster", "import", "--partial", write_roster(tmp_path / "big.csv", many)
+    )
+    assert code == 0, terminal
+    assert f"{PROGRESS_THRESHOLD} added" in out
+    assert "importing" in terminal and "100%" in terminal
+    few = write_roster(tmp_path / "few.csv", many[: PROGRESS_THRESHOLD - 1])
+    code, out, terminal = _on_a_terminal("--home", home, "roster", "import", "--partial", few)
+    assert code == 0 and "unchanged" in out
+    assert "importing" not in terminal  # a small file: no bar
+    piped = locker("roster", "import", "--partial", tmp_path / "big.csv")
+    assert piped.code == 0 and "importing" not in piped.err  # not a terminal: no bar
+
+
 def test_roster_import_rejects_a_bad_file_and_names_every_line(
     locker: Run, home: Path, tmp_path: Path
 ) -> None:

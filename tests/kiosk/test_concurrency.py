@@ -211,3 +211,46 @@ def test_two_writers_confiscating_into_one_cabinet_get_different_compartments(
             )
     refused = race(lambda: confiscate(ids[secure]), lambda: confiscate(ids[secure + 1]))
     assert all(isinstance(r, LockerError) and "no free secure" in str(r) for r in refused)
+
+
+def test_two_workers_claiming_commands_never_take_the_same_one(
+    instance: Instance, clock: ManualClock
+) -> None:
+    """Two loops picking up one kiosk's commands at once (a kiosk restarted while its old
+    process still runs, say): each command is claimed exactly once, oldest first."""
+    from kiosk import commands
+
+    with instance.database.transaction() as session:
+        kiosk = main_kiosk(session)
+        kiosk_id = kiosk.id
+        submitted = [
+            commands.submit(
+                session,
+                Actor.system("test"),
+                clock,
+                instance.audit,
+                kiosk=kiosk,
+                kind="open_compartment",
+                payload={"compartment": 1 + n % 8},
+            ).id
+            for n in range(30)
+        ]
+
+    def worker() -> list[int]:
+        taken: list[int] = []
+        while True:
+            with instance.database.transaction() as session:
+                command = commands.claim_next(session, kiosk_id, clock)
+                if command is None:
+                    return taken
+                taken.append(command.id)
+
+    first, second = race(worker, worker)
+    assert isinstance(first, list) and isinstance(second, list), (first, second)
+    assert sorted(first + second) == submitted  # every one, none twice
+    assert first == sorted(first) and second == sorted(second)  # oldest first
+    with instance.database.reader() as session:
+        from kiosk.models import Command, CommandStatus
+
+        statuses = session.execute(select(Command.status).distinct()).scalars().all()
+    assert statuses == [CommandStatus.RUNNING]

@@ -71,6 +71,16 @@ def test_file_then_environment_then_overrides(tmp_path):
         ('[policy]\ndeposit_window = "09:00-08:00"\n', {}, "must start before it ends"),
         ('[policy]\ntimezone = "Mars/Olympus"\n', {}, r"\[policy\] timezone: unknown timezone"),
         ('[policy]\nrelease_roles = ["office", "caretaker"]\n', {}, "unknown role 'caretaker'"),
+        (
+            '[policy]\nrelease_roles = ["office", "staff"]\n',
+            {},
+            "release_roles: staff may confiscate but not release",
+        ),
+        (
+            'database_url = "postgresql+psycopg://db/locker"\n',
+            {},
+            r"database_url = \.\.\. is outside any section.*did you mean \[database\] url\?",
+        ),
         ("[policy]\nretention_days = 5\n", {}, "retention_days: must be between 30"),
         ('[kiosk]\ncompartments = "many"\n', {}, r"\[kiosk\] compartments: expected an integer"),
         ('[kiosk]\nname = "Main Hall"\n', {}, r"\[kiosk\] name: expected lower-case"),

@@ -337,11 +337,14 @@ def test_lock_busy_waits_for_a_free_slot(make_rig):
 
 
 def test_sim_commands_drive_the_simulator(rig):
-    rig.submit("sim.tap", uid="A1:00:00:01")
+    tap = rig.submit("sim.tap", uid="A1:00:00:01")
     rig.pump()
     rig.pump()
     record = rig.record()
     assert record.state is CustodyState.PENDING_DEPOSIT
+    done = rig.command(tap)
+    assert done.status.value == "done" and done.result == {"tapped": True}
+    assert "A1" not in json.dumps(done.payload)  # a UID is never kept in clear
     rig.submit("sim.door", compartment=record.compartment.number, open=True)
     rig.pump()
     rig.submit("sim.door", compartment=record.compartment.number, open=False)

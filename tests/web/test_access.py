@@ -74,6 +74,7 @@ EXPECTED: dict[str, set[str | None]] = {
     "commands.show": ALL_STAFF,
     "commands.open_compartment": OFFICE_UP,
     "commands.open_all": {ADMIN},
+    "kiosk_screen.this_kiosk": EVERYONE,
     "kiosk_screen.screen": EVERYONE,
     "kiosk_screen.state": EVERYONE,
     "api.openapi": EVERYONE,

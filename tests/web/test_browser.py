@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from kiosk.actors import Actor
 from kiosk.models import Command, CustodyRecord, CustodyState, Role
 
 from .conftest import (
@@ -58,12 +59,28 @@ def test_grid_updates_without_a_reload(new_page: Callable[..., Any], live: LiveS
     cell = _cell(page, 1)
     assert "s-free" in cell.get_attribute("class")
     page.evaluate("window.__marker = 'same page'")
-    deposit(live.instance, live.clock, "1001")  # what the kiosk writes when the door shuts
+    custody_id = deposit(live.instance, live.clock, "1001")  # the kiosk writes at the door
     page.wait_for_function(
         "() => document.querySelector('#grid li.cell').classList.contains('s-in_locker')"
     )
     assert cell.locator(".who").inner_text() == "Sam Taylor"
     assert page.locator("[data-count=in_locker]").inner_text() == "1"
+    with live.instance.database.transaction() as session:
+        record = session.get(CustodyRecord, custody_id)
+        live.instance.ledger.flag(
+            session,
+            Actor.for_kiosk("main"),
+            live.clock,
+            record,
+            flag="offline_conflict",
+            detail="collected offline, confiscated centrally",
+        )
+    page.wait_for_function(
+        "() => document.querySelector('#grid li.cell').classList.contains('flagged')"
+    )
+    flags = cell.locator(".flags")
+    assert flags.inner_text() == "to check: offline conflict"
+    assert flags.get_attribute("title") == "collected offline, confiscated centrally"
     publish(live.instance, live.clock, {"status": "fault", "faults": ["reader not answering"]})
     page.wait_for_function(
         "() => document.querySelector('[data-kiosk-faults]').textContent.includes('reader')"

@@ -5,8 +5,7 @@ deposit and collect through the simulator panel and watch the grid change, and t
 screen following a tap. It runs ``locker --home TMP demo --port N`` as a subprocess (the
 public surface) and drives it with chromium.
 
-It is skipped until ``locker demo`` exists. Assumptions to check when the controller lands
-(adjust here, nowhere else):
+What it relies on:
 - ``locker demo`` prints each staff account as ``  USERNAME  ROLE  PASSWORD`` (as
   ``locker init --demo`` does) and serves on 127.0.0.1:N with ``[web] secure_cookies`` on
   or off (chromium accepts Secure cookies on http://127.0.0.1 either way);

@@ -83,6 +83,15 @@ def test_screen_fields_are_checked(app: Flask, instance: Instance, clock: Manual
     }
 
 
+def test_kiosk_root_leads_to_this_cabinets_own_screen(app: Flask, instance: Instance) -> None:
+    """The Pi's screen opens /kiosk/ (install/locker-screen.sh): it follows [kiosk] name."""
+    client = app.test_client()
+    response = client.get("/kiosk/")
+    assert response.status_code == 302
+    assert response.headers["Location"] == f"/kiosk/{instance.config.kiosk.name}"
+    assert client.get("/kiosk/", follow_redirects=True).status_code == 200
+
+
 def test_unknown_kiosk(app: Flask) -> None:
     client = app.test_client()
     assert client.get("/kiosk/nowhere").status_code == 404

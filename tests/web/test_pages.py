@@ -97,6 +97,33 @@ def test_grid_shows_each_state(
     assert "never seen" in html  # the controller has not published anything yet
 
 
+def test_grid_shows_what_the_kiosk_asks_the_office_to_check(
+    login: Callable[..., Client], instance: Instance, clock: ManualClock
+) -> None:
+    custody_id = deposit(instance, clock, "1001")  # compartment 1
+    detail = "the pupil collected the device while the kiosk was offline at 10:02:00"
+    with instance.database.transaction() as session:
+        record = session.get(CustodyRecord, custody_id)
+        assert record is not None
+        instance.ledger.flag(
+            session,
+            Actor.for_kiosk("main"),
+            clock,
+            record,
+            flag="offline_conflict",
+            detail=detail,
+        )
+    office = login(Role.OFFICE)
+    cell = _cell(_text(office.get("/")), 1)
+    assert "flagged" in cell and "to check: offline conflict" in cell
+    assert f'title="{detail}"' in cell
+    assert "flagged" not in _cell(_text(office.get("/")), 2)
+    listed = office.get("/api/v1/compartments").get_json()["compartments"]
+    (first,) = [c for c in listed if c["number"] == 1]
+    assert first["custody"]["flag"] == "offline_conflict"
+    assert first["custody"]["flag_detail"] == detail
+
+
 def test_kiosk_status_online_offline_fault(
     login: Callable[..., Client], instance: Instance, clock: ManualClock
 ) -> None:

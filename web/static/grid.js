@@ -8,6 +8,7 @@
   var pollMs = parseInt(root.dataset.pollMs, 10) || 2000;
   var pupilUrl = root.dataset.pupilUrl;
   var custodyUrl = root.dataset.custodyUrl;
+  var FLAG_TEXT = JSON.parse(root.dataset.flagLabels || "{}");
   var statusLine = document.getElementById("grid-status");
   var etag = null;
   var LABELS = {
@@ -52,7 +53,12 @@
     if (c.door === "open") { flags.push("door open"); }
     if (c.alarm) { flags.push("alarm: " + c.alarm); }
     if (c.out_of_service && c.state !== "out_of_service") { flags.push("out of service"); }
-    li.querySelector(".flags").textContent = flags.join(" ");
+    var flagged = custody && custody.flag;
+    if (flagged) { flags.push(FLAG_TEXT[custody.flag] || "to check"); }
+    var shown = li.querySelector(".flags");
+    shown.textContent = flags.join(" ");
+    if (flagged && custody.flag_detail) { shown.title = custody.flag_detail; } else { shown.removeAttribute("title"); }
+    li.classList.toggle("flagged", !!flagged);
   }
 
   function paintKiosk(k) {
