@@ -49,7 +49,7 @@ from kiosk import cabinets, cards, commands, config_changes, sim_commands
 from kiosk import screen as say
 from kiosk.actors import Actor
 from kiosk.cabinet_clock import LiveClock, SimulatedClock
-from kiosk.custody import FLAG_CHECK, RecordRef
+from kiosk.custody import FLAG_CHECK, FLAG_DOOR_LEFT_OPEN, FLAG_UNVERIFIED, RecordRef
 from kiosk.db import Database
 from kiosk.errors import InstanceError, LockerError
 from kiosk.faults import FaultBook, lock_source, scope_of, source_of
@@ -73,7 +73,7 @@ from kiosk.models import (
 )
 from kiosk.offline import REFRESH_S, LocalMirror, Replayer
 from kiosk.pupils import PupilRef
-from kiosk.reconcile import FLAG_UNVERIFIED, Reconciler
+from kiosk.reconcile import Reconciler
 from kiosk.scheduler import Timers
 from kiosk.screen import SCREEN_HOLD_S, Screen, StatePublisher
 from kiosk.systemd import Notifier
@@ -112,7 +112,6 @@ _PUPIL_ACTIVE = (
 )
 _WITH_THE_OFFICE = frozenset({CustodyState.CONFISCATED, CustodyState.SAFEGUARDING_HOLD})
 
-FLAG_DOOR_LEFT_OPEN = "door_left_open"
 ENROL_WAIT_S = 60.0
 #: A lock refused as busy (too many energised, or resting) is tried again this soon...
 UNLOCK_RETRY_S = 0.25

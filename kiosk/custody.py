@@ -321,7 +321,13 @@ def _ref(record: Record) -> RecordRef:
     return record if isinstance(record, RecordRef) else RecordRef.of(record)
 
 
+# Why a record is flagged for the office to look at (``CustodyRecord.flag``): every flag the
+# product sets is one of these.
 FLAG_CHECK = "check"  # the office should look at the record (the device, the door)
+FLAG_UNCOLLECTED = "uncollected"  # still in a locker after the end-of-day cut-off
+FLAG_UNVERIFIED = "unverified"  # a deposit the kiosk could not see confirmed (a restart)
+FLAG_DOOR_LEFT_OPEN = "door_left_open"  # the door stood open until the alarm
+FLAG_OFFLINE_CONFLICT = "offline_conflict"  # an offline kiosk's change lost to a central one
 
 # What a record says happened, as its audit events record it under ``set``: every change
 # the ledger makes to one of these columns is in the event written with it, so
@@ -1213,7 +1219,7 @@ class CustodyLedger:
                     actor,
                     clock,
                     record,
-                    flag="uncollected",
+                    flag=FLAG_UNCOLLECTED,
                     detail=f"still in the locker after the cut-off of "
                     f"{self.policy.local(cutoff):%H:%M on %d %b}",
                 )

@@ -49,6 +49,7 @@ from kiosk import cabinets
 from kiosk.actors import Actor
 from kiosk.audit import GENESIS_HASH
 from kiosk.clock import Clock, ManualClock
+from kiosk.custody import FLAG_CHECK, FLAG_OFFLINE_CONFLICT
 from kiosk.db import Database
 from kiosk.errors import LockerError
 from kiosk.instance import Instance
@@ -552,7 +553,7 @@ class Replayer:
                 actor,
                 at,
                 record,
-                flag=details.get("flag", "check"),
+                flag=details.get("flag", FLAG_CHECK),
                 detail=details.get("detail", ""),
             )
         elif kind == "custody.flag_cleared":
@@ -611,7 +612,7 @@ class Replayer:
                     self.kiosk_actor,
                     self.clock,
                     record,
-                    flag="offline_conflict",
+                    flag=FLAG_OFFLINE_CONFLICT,
                     detail=f"{what} at {event.occurred_at:%H:%M:%S}, but the record was "
                     f"{record.state.value} centrally; it stays so: check",
                 )

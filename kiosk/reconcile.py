@@ -28,11 +28,9 @@ from sqlalchemy.orm import Session
 from kiosk import commands
 from kiosk.actors import Actor
 from kiosk.clock import Clock
-from kiosk.custody import FLAG_CHECK, CustodyLedger, RecordRef
+from kiosk.custody import FLAG_CHECK, FLAG_UNVERIFIED, CustodyLedger, RecordRef
 from kiosk.models import Compartment, CustodyRecord, CustodyState
 from kiosk.policy import Policy
-
-FLAG_UNVERIFIED = "unverified"
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import and_, func, or_, select, text
 from sqlalchemy.orm import Session
 
+from kiosk import custody
 from kiosk.models import (
     ACTIVE_STATES,
     Compartment,
@@ -42,10 +43,11 @@ CUSTODY_TO_GRID = {
 }
 #: How the grid names a record's flag (what the kiosk asks the office to look at).
 FLAG_LABELS = {
-    "check": "to check",
-    "unverified": "to check: not confirmed",
-    "door_left_open": "to check: door was left open",
-    "offline_conflict": "to check: offline conflict",
+    custody.FLAG_CHECK: "to check",
+    custody.FLAG_UNCOLLECTED: "to check: not collected",
+    custody.FLAG_UNVERIFIED: "to check: not confirmed",
+    custody.FLAG_DOOR_LEFT_OPEN: "to check: door was left open",
+    custody.FLAG_OFFLINE_CONFLICT: "to check: offline conflict",
 }
 
 GRID_LABELS = {
